@@ -1,0 +1,111 @@
+"""Builds one aiohttp application per listener: the contract routes (`/health`, `/readyz`,
+`/metrics`, `/v1/metadata`) and the service's endpoints, behind the runtime middleware."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
+from nexusd.runtime.middleware import add_request_id_header, make_middleware
+from nexusd.runtime.service import Endpoint, Listener, Service
+
+if TYPE_CHECKING:
+    from nexusd.runtime.health import Readiness
+
+
+def metadata_document(service: Service) -> MetadataDocument:
+    rt = service.runtime
+    from nexusd.runtime.metadata import Limits
+
+    return MetadataDocument(
+        service=ServiceInfo(name=service.name, version=service.version, instance_id=rt.instance_id),
+        description=service.description,
+        capabilities=service.capabilities,
+        endpoints=[
+            EndpointInfo(path=e.path, method=e.method, operation_id=e.operation_id,
+                         streaming=e.streaming, model_required=e.model_required)
+            for e in service.endpoints() if e.listed
+        ],
+        models=service.models(),
+        concurrency=service.concurrency(),
+        options=service.options(),
+        resources=service.resources,
+        limits=rt.limits or Limits(),
+        extra=service.extra_metadata(),
+    )
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class ContractRoutes:
+    def __init__(self, service: Service, readiness: Readiness) -> None:
+        self.service = service
+        self.readiness = readiness
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": self.service.name})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        report = await self.readiness.run()
+        self.service.runtime.metrics.ready.set(1 if report.ready else 0)
+        return web.json_response(report.body(), status=200 if report.ready else 503, dumps=_dumps)
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        doc = metadata_document(self.service).model_dump(mode="json")
+        return web.json_response(doc, dumps=_dumps)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.service.runtime.metrics.render()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type
+        return resp
+
+
+def build_app(service: Service, listener: Listener, readiness: Readiness) -> web.Application:
+    routes = ContractRoutes(service, readiness)
+    endpoints: dict[Any, Endpoint] = {}
+    shared = service.shared
+    app = web.Application(
+        middlewares=[
+            make_middleware(endpoints, service.runtime.metrics,
+                            internal_token=shared.internal_token, access=shared.access_log),
+            *service.middlewares(listener),
+        ],
+        client_max_size=service.settings.max_body,
+        handler_args={"tcp_keepalive": True},
+    )
+    app.router.add_get("/health", routes.health, allow_head=True)
+    if listener.observability:
+        app.router.add_get("/readyz", routes.readyz, allow_head=False)
+        app.router.add_get("/metrics", routes.metrics, allow_head=False)
+        app.router.add_get("/v1/metadata", routes.metadata, allow_head=False)
+    if listener.api:
+        for ep in service.endpoints():
+            if ep.listener != listener.name:
+                continue
+            route = app.router.add_route(ep.method, ep.path, ep.handler)
+            # Every endpoint gets an explicit limit so the middleware always applies it.
+            endpoints[route] = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
+    _maybe_add_test_hooks(app)
+    app.on_response_prepare.append(add_request_id_header)
+    return app
+
+
+def _with_limit(ep: Endpoint, limit: int) -> Endpoint:
+    from dataclasses import replace
+
+    return replace(ep, max_body=None) if ep.passthrough else replace(ep, max_body=limit)
+
+
+def _maybe_add_test_hooks(app: web.Application) -> None:
+    import os
+
+    if os.environ.get("NEXUS_TEST_HOOKS") == "1":
+        from nexusd.runtime.testhooks import add_test_hooks
+
+        add_test_hooks(app)

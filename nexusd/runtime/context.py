@@ -1,0 +1,55 @@
+"""`Runtime`: what the runtime lends a service — notifier, metrics, settings, progress reports
+and the shared HTTP client."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from nexusd.runtime.http import client_session
+from nexusd.runtime.metrics import Metrics
+from nexusd.runtime.settings import SharedSettings
+from nexusd.runtime.systemd import Notifier
+
+if TYPE_CHECKING:
+    from nexusd.runtime.metadata import Limits
+
+
+def new_instance_id(service: str) -> str:
+    host = socket.gethostname().split(".")[0]
+    return f"{service}-{host}-{secrets.token_hex(4)}"
+
+
+class Runtime:
+    def __init__(self, service: str, shared: SharedSettings, notifier: Notifier | None = None) -> None:
+        self.service = service
+        self.shared = shared
+        self.instance_id = new_instance_id(service)
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics(service)
+        self.limits: Limits | None = None
+        self.base_url = ""  # set once sockets are bound
+        self.ready = False
+        self._http: aiohttp.ClientSession | None = None
+
+    def status(self, text: str) -> None:
+        """STATUS= for `systemctl status`."""
+        self.notifier.status(text)
+
+    def progress(self, text: str, extend_seconds: float = 30) -> None:
+        """A long load made progress: say so and ask systemd for more start time."""
+        self.notifier.notify(f"STATUS={text}", f"EXTEND_TIMEOUT_USEC={int(extend_seconds * 1e6)}")
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The process-wide client for calls to other services (created on first use)."""
+        if self._http is None or self._http.closed:
+            self._http = client_session(internal_token=self.shared.internal_token)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()

@@ -1,0 +1,112 @@
+"""The runtime's one middleware, on the hot path of every request: request id, internal
+token, per-route body limit, OpenAI error envelopes, metrics and the access record.
+It is one function rather than five because each layer of aiohttp middleware costs a call."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from nexusd.runtime.errors import ApiError, from_http_exception
+from nexusd.runtime.logs import request_id_var
+from nexusd.runtime.metrics import Metrics
+from nexusd.runtime.service import Endpoint
+
+access_log = logging.getLogger("nexusd.access")
+error_log = logging.getLogger("nexusd.errors")
+
+REQUEST_ID = "X-Request-ID"
+
+
+def _request_id(request: web.Request) -> str:
+    rid = request.headers.get(REQUEST_ID)
+    # Accept the caller's id only when it is short and printable; it ends up in logs and headers.
+    if rid and len(rid) <= 128 and rid.isprintable() and " " not in rid:
+        return rid
+    return uuid.uuid4().hex
+
+
+def _has_token(request: web.Request, token: str) -> bool:
+    given = request.headers.get("X-Nexus-Internal-Token", "")
+    if not given:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:] if auth[:7].lower() == "bearer " else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def make_middleware(
+    endpoints: dict[Any, Endpoint],
+    metrics: Metrics,
+    *,
+    internal_token: str,
+    access: bool,
+) -> Any:
+    observe = metrics.observe
+    inflight = metrics.inflight
+
+    @web.middleware
+    async def runtime_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        rid = _request_id(request)
+        request["request_id"] = rid
+        ctx_token = request_id_var.set(rid)
+        start = time.perf_counter()
+        route = request.match_info.route
+        endpoint = endpoints.get(route)
+        inflight.inc()
+        status = 500
+        try:
+            try:
+                if endpoint is not None:
+                    if internal_token and not endpoint.public and not _has_token(request, internal_token):
+                        raise ApiError(401, "This service requires the internal token", code="invalid_internal_token")
+                    if endpoint.max_body is not None:
+                        length = request.content_length
+                        if length is not None and length > endpoint.max_body:
+                            raise web.HTTPRequestEntityTooLarge(max_size=endpoint.max_body, actual_size=length)
+                        request = request.clone(client_max_size=endpoint.max_body)
+                response = await handler(request)
+            except ApiError as exc:
+                response = exc.response()
+            except web.HTTPException as exc:
+                if endpoint is not None and endpoint.passthrough:
+                    raise
+                if exc.status < 400:  # redirects and 2xx raised as exceptions pass unchanged
+                    raise
+                response = from_http_exception(exc).response()
+            except asyncio.CancelledError:
+                status = 499  # the client went away (nginx's convention)
+                raise
+            except Exception:
+                error_log.exception("unhandled error in %s %s", request.method, request.path)
+                response = ApiError(500, f"Internal error (request id {rid})", code="internal_error").response()
+            status = response.status
+            return response
+        finally:
+            inflight.dec()
+            elapsed = time.perf_counter() - start
+            resource = route.resource
+            label = resource.canonical if resource is not None else "unmatched"
+            observe(label, request.method, status, elapsed)
+            if access:
+                access_log.info(
+                    "%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                    extra={"method": request.method, "path": request.path, "status": status,
+                           "duration_ms": round(elapsed * 1000, 3)},
+                )
+            request_id_var.reset(ctx_token)
+
+    return runtime_middleware
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: streaming responses send headers inside the handler, so the id is
+    added here rather than after the handler returns."""
+    rid = request.get("request_id")
+    if rid:
+        response.headers[REQUEST_ID] = rid

@@ -1,0 +1,194 @@
+"""Runs a service as a well-behaved systemd daemon, in explicit phases:
+
+  settings → bind (or inherit LISTEN_FDS) → start → ready (READY=1) → serve → stop.
+
+Signals only set flags: SIGTERM/SIGINT → stop (STOPPING=1, deregister, stop accepting, drain in
+flight requests within NEXUS_<SERVICE>_DRAIN_TIMEOUT, exit 0); SIGHUP → the service's reload
+hook between RELOADING=1 and READY=1. The watchdog pings from a task on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+
+from aiohttp import web
+
+from nexusd.runtime import cgroup, systemd
+from nexusd.runtime.app import build_app
+from nexusd.runtime.context import Runtime
+from nexusd.runtime.gpu import apply_gpu_memory_limit
+from nexusd.runtime.health import Readiness
+from nexusd.runtime.registry import EtcdRegistry, NullRegistry, registration_record
+from nexusd.runtime.service import Listener, Service
+from nexusd.runtime.settings import ConfigError, ServiceSettings, SharedSettings
+
+log = logging.getLogger("nexusd.server")
+
+
+class Server:
+    def __init__(self, service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings) -> None:
+        self.runtime = Runtime(service_cls.name, shared)
+        self.service = service_cls(settings, shared, self.runtime)
+        self.settings = settings
+        self.shared = shared
+        self.readiness = Readiness(self.service.checks())
+        self.runners: list[web.AppRunner] = []
+        self.registry: EtcdRegistry | NullRegistry = NullRegistry()
+        self.should_exit = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.bound: dict[str, tuple[str, int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- phases ------------------------------------------------------------------------
+    def check_limits(self) -> None:
+        limits = cgroup.compare(self.service.resources)
+        self.runtime.limits = limits
+        if limits.status == "mismatch":
+            if self.shared.strict_limits:
+                raise ConfigError("NEXUS_STRICT_LIMITS: " + "; ".join(limits.warnings))
+            self.readiness.warnings.extend(limits.warnings)
+            log.warning("cgroup limits differ from declared resources: %s", "; ".join(limits.warnings))
+
+    async def bind(self) -> None:
+        inherited = systemd.listen_fds()
+        listeners = self.service.listeners()
+        for i, listener in enumerate(listeners):
+            app = build_app(self.service, listener, self.readiness)
+            runner = web.AppRunner(app, shutdown_timeout=self.settings.drain_timeout, access_log=None)
+            await runner.setup()
+            self.runners.append(runner)
+            sock = inherited.get(listener.name) or (inherited.get(f"fd{i}") if inherited else None)
+            if sock is None and len(inherited) == 1 and len(listeners) == 1:
+                sock = next(iter(inherited.values()))
+            site: web.BaseSite
+            if sock is not None:
+                site = web.SockSite(runner, sock)
+                log.info("serving %s on inherited socket %s", listener.name, sock.getsockname())
+            else:
+                site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True)
+            await site.start()
+            server = getattr(site, "_server", None)
+            actual = server.sockets[0].getsockname() if server and server.sockets else (listener.host, listener.port)
+            self.bound[listener.name] = (actual[0], actual[1])
+        self.runtime.base_url = self.advertised_url()
+
+    def advertised_url(self) -> str:
+        if self.shared.advertise_url:
+            return self.shared.advertise_url.rstrip("/")
+        name = "api" if "api" in self.bound else next(iter(self.bound))
+        host, port = self.bound[name]
+        if host in ("0.0.0.0", "::", ""):  # never advertise the wildcard address
+            host = socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        self.runtime.status("starting")
+        apply_gpu_memory_limit(self.shared.gpu_memory or self.service.resources.gpu_memory)
+        await self.service.start()
+
+    async def wait_ready(self) -> None:
+        """READY=1 once the checks pass, or at the start timeout (then /readyz stays 503)."""
+        deadline = time.monotonic() + self.settings.start_timeout
+        delay = 0.05
+        while not self.should_exit.is_set():
+            report = await self.readiness.run()
+            if report.ready:
+                self.runtime.ready = True
+                self.runtime.metrics.ready.set(1)
+                self.runtime.notifier.ready(self.ready_status())
+                log.info("ready: %s", self.ready_status())
+                return
+            if time.monotonic() >= deadline:
+                why = f"not ready after {self.settings.start_timeout:g}s: {report.failing()}"
+                self.readiness.gave_up = why
+                self.runtime.notifier.ready(why)
+                log.error("%s; READY=1 sent anyway, /readyz stays 503", why)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.should_exit.wait(), delay)
+            delay = min(delay * 2, 1.0)
+
+    def ready_status(self) -> str:
+        warnings = self.readiness.warnings
+        text = f"serving on {self.runtime.base_url}"
+        return f"{text} (warning: {'; '.join(warnings)})" if warnings else text
+
+    async def register(self) -> None:
+        if not self.shared.etcd_endpoint_list:
+            return
+        record = registration_record(self.service.name, self.runtime.instance_id,
+                                     self.runtime.base_url, self.service.version)
+        self.registry = EtcdRegistry(self.shared, record)
+        await self.registry.start()
+
+    async def serve(self) -> None:
+        while not self.should_exit.is_set():
+            waiters = [asyncio.ensure_future(self.should_exit.wait()),
+                       asyncio.ensure_future(self.reload_requested.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if self.reload_requested.is_set() and not self.should_exit.is_set():
+                self.reload_requested.clear()
+                await self.reload()
+
+    async def reload(self) -> None:
+        self.runtime.notifier.reloading()
+        log.info("reloading")
+        try:
+            await self.service.reload()
+        except Exception:  # a bad reload keeps the old state and keeps serving
+            log.exception("reload failed; keeping the previous configuration")
+        self.runtime.notifier.ready(self.ready_status())
+
+    async def stop(self) -> None:
+        self.runtime.notifier.stopping()
+        log.info("stopping: deregistering and draining (up to %gs)", self.settings.drain_timeout)
+        await self.registry.stop()
+        for runner in self.runners:  # closes listening sockets, then waits for in-flight requests
+            await runner.cleanup()
+        await self.service.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runtime.close()
+        log.info("stopped")
+
+    # --- driver ------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGINT, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+
+    async def run(self) -> None:
+        self.install_signal_handlers()
+        self.check_limits()
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(systemd.watchdog_loop(self.runtime.notifier, interval)))
+        await self.bind()
+        try:
+            await self.start()
+            await self.wait_ready()
+            await self.register()
+            await self.serve()
+        finally:
+            await self.stop()
+
+
+def run_service(service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is a core dependency, but stay usable without it
+        runner = asyncio.run
+    runner(Server(service_cls, settings, shared).run())

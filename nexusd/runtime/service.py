@@ -1,0 +1,121 @@
+"""What a service is to the runtime: endpoints, models, checks, and lifecycle hooks.
+
+A service subclasses `Service`, sets `name` and `Settings`, and returns its `Endpoint`s.
+The runtime adds the contract routes (`/health`, `/readyz`, `/metrics`, `/v1/metadata`),
+the middlewares (request id, errors, metrics, access log, internal auth, body limits),
+sd_notify, etcd registration and signal handling. See docs/service-contract.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from aiohttp import web
+
+from nexusd import __version__
+from nexusd.runtime.metadata import Capabilities, Concurrency, ModelInfo, Resources
+from nexusd.runtime.settings import ServiceSettings, SharedSettings
+
+if TYPE_CHECKING:
+    from nexusd.runtime.context import Runtime
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A readiness check returns None (or a short detail string) when healthy and raises when not.
+Check = Callable[[], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One HTTP route of a service, as the router and the metadata document see it."""
+
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    streaming: bool = False
+    model_required: bool = False
+    max_body: int | None = None  # None = the service's NEXUS_<SERVICE>_MAX_BODY
+    public: bool = False  # True: reachable without NEXUS_INTERNAL_TOKEN (capability URLs)
+    passthrough: bool = False  # True: keep the handler's own error shape (e.g. Ollama's /api/*)
+    listed: bool = True  # False: serve it but leave it out of /v1/metadata endpoints
+    listener: str = "api"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket the service serves on; `name` is the systemd FileDescriptorName=."""
+
+    name: str
+    host: str
+    port: int
+    observability: bool = True  # serve /health, /readyz, /metrics, /v1/metadata here
+    api: bool = True  # serve the service's endpoints here
+
+
+class Service:
+    """Base class for a nexusd service. Override what you need; the defaults do nothing."""
+
+    name: ClassVar[str] = "service"
+    version: ClassVar[str] = __version__
+    Settings: ClassVar[type[ServiceSettings]] = ServiceSettings
+    description: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    default_resources: ClassVar[Resources] = Resources()
+    socket_activation: ClassVar[bool] = True
+    watchdog_sec: ClassVar[int] = 30
+
+    def __init__(self, settings: ServiceSettings, shared: SharedSettings, runtime: Runtime) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.runtime = runtime
+
+    # --- what the service offers -------------------------------------------------------
+    def endpoints(self) -> list[Endpoint]:
+        return []
+
+    def models(self) -> list[ModelInfo]:
+        return []
+
+    def options(self) -> dict[str, Any]:
+        """The request settings a user may pass (JSON-schema-like), for /v1/metadata."""
+        return {}
+
+    def concurrency(self) -> Concurrency | None:
+        return None
+
+    def checks(self) -> dict[str, Check]:
+        """Named readiness checks; /readyz and READY=1 use the same list."""
+        return {}
+
+    def listeners(self) -> list[Listener]:
+        return [Listener("api", self.settings.host, self.settings.port)]
+
+    def middlewares(self, listener: Listener) -> list[Any]:
+        """Extra aiohttp middlewares for one listener, run inside the runtime's own."""
+        return []
+
+    def extra_metadata(self) -> dict[str, Any]:
+        return {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open clients, start background loads. Runs before sockets accept requests."""
+
+    async def stop(self) -> None:
+        """Close what start() opened. Runs after in-flight requests drained."""
+
+    async def reload(self) -> None:
+        """SIGHUP: reload what can be reloaded (keys, static routes)."""
+
+    # --- helpers for subclasses ---------------------------------------------------------
+    @property
+    def resources(self) -> Resources:
+        """Declared resources: the class default, overridden by settings."""
+        overrides = {
+            k: getattr(self.settings, k)
+            for k in ("cpu", "memory", "gpu", "gpu_memory")
+            if getattr(self.settings, k) is not None
+        }
+        return self.default_resources.model_copy(update=overrides)

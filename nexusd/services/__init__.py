@@ -1,0 +1,33 @@
+"""The service registry: built-in services by name, plus any installed package that declares
+an entry point in the `nexusd.services` group. `nexusd list`, `nexusd units render` and the
+contract tests all read it, so a new service appears everywhere by being added here."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nexusd.runtime.service import Service
+
+BUILTIN: dict[str, str] = {
+    "template": "nexusd.services.template:TemplateService",
+}
+
+
+def service_names() -> list[str]:
+    names = set(BUILTIN)
+    names.update(ep.name for ep in entry_points(group="nexusd.services"))
+    return sorted(names)
+
+
+def load_service(name: str) -> type[Service]:
+    target = BUILTIN.get(name)
+    if target is None:
+        matches = [ep for ep in entry_points(group="nexusd.services") if ep.name == name]
+        if not matches:
+            raise KeyError(name)
+        return matches[0].load()
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
