@@ -11,7 +11,10 @@ import sys
 from nexusd import __version__
 from nexusd.services import load_service, service_names
 
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = [
+    "nexusd.dev.command",
+    "nexusd.demo",
+]
 
 
 def _service(name: str):
