@@ -26,7 +26,8 @@ def metadata_document(service: Service) -> MetadataDocument:
         capabilities=service.capabilities,
         endpoints=[
             EndpointInfo(path=e.path, method=e.method, operation_id=e.operation_id,
-                         streaming=e.streaming, model_required=e.model_required)
+                         streaming=e.streaming, model_required=e.model_required,
+                         max_body=None if e.passthrough else (e.max_body or service.settings.max_body))
             for e in service.endpoints() if e.listed
         ],
         models=service.models(),

@@ -84,7 +84,3 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
     return ApiError(status, message, code=_CODES.get(status), headers=headers)
 
-
-def is_passthrough(request: web.Request) -> bool:
-    endpoint = request.match_info.route.resource and getattr(request.match_info.route, "nexus_endpoint", None)
-    return bool(endpoint is not None and endpoint.passthrough)

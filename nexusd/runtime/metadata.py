@@ -33,6 +33,9 @@ class EndpointInfo(_Model):
     operation_id: str
     streaming: bool = False
     model_required: bool = False
+    # The request body limit the runtime enforces (413 above it); null for pass-through routes,
+    # whose upstream decides. Lets a gateway refuse an oversized body before relaying it.
+    max_body: int | None = None
 
 
 class ModelInfo(_Model):
@@ -69,7 +72,7 @@ class Limits(_Model):
 
 
 class MetadataDocument(_Model):
-    schema_version: Literal["v1"] = SCHEMA_VERSION
+    schema_version: Literal["v1"] = "v1"
     service: ServiceInfo
     description: str = ""
     capabilities: Capabilities

@@ -53,7 +53,6 @@ def make_middleware(
     @web.middleware
     async def runtime_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         rid = _request_id(request)
-        request["request_id"] = rid
         ctx_token = request_id_var.set(rid)
         start = time.perf_counter()
         route = request.match_info.route
@@ -74,9 +73,9 @@ def make_middleware(
             except ApiError as exc:
                 response = exc.response()
             except web.HTTPException as exc:
-                if endpoint is not None and endpoint.passthrough:
-                    raise
-                if exc.status < 400:  # redirects and 2xx raised as exceptions pass unchanged
+                if (endpoint is not None and endpoint.passthrough) or exc.status < 400:
+                    # pass-through errors and redirects raised as exceptions pass unchanged
+                    exc.headers[REQUEST_ID] = rid
                     raise
                 response = from_http_exception(exc).response()
             except asyncio.CancelledError:
@@ -86,6 +85,8 @@ def make_middleware(
                 error_log.exception("unhandled error in %s %s", request.method, request.path)
                 response = ApiError(500, f"Internal error (request id {rid})", code="internal_error").response()
             status = response.status
+            if not response.prepared:  # streamed responses got it in on_response_prepare
+                response.headers[REQUEST_ID] = rid
             return response
         finally:
             inflight.dec()
@@ -105,8 +106,8 @@ def make_middleware(
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: streaming responses send headers inside the handler, so the id is
-    added here rather than after the handler returns."""
-    rid = request.get("request_id")
-    if rid:
+    """on_response_prepare: streaming responses send their headers inside the handler, while
+    the middleware's contextvar is still set, so the id is added here for them."""
+    rid = request_id_var.get()
+    if rid and REQUEST_ID not in response.headers:
         response.headers[REQUEST_ID] = rid

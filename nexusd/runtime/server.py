@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,7 +25,7 @@ from nexusd.runtime.context import Runtime
 from nexusd.runtime.gpu import apply_gpu_memory_limit
 from nexusd.runtime.health import Readiness
 from nexusd.runtime.registry import EtcdRegistry, NullRegistry, registration_record
-from nexusd.runtime.service import Listener, Service
+from nexusd.runtime.service import Service
 from nexusd.runtime.settings import ConfigError, ServiceSettings, SharedSettings
 
 log = logging.getLogger("nexusd.server")
@@ -46,7 +47,7 @@ class Server:
 
     # --- phases ------------------------------------------------------------------------
     def check_limits(self) -> None:
-        limits = cgroup.compare(self.service.resources)
+        limits = cgroup.compare(self.service.resources, root=Path(self.shared.cgroup_root))
         self.runtime.limits = limits
         if limits.status == "mismatch":
             if self.shared.strict_limits:
@@ -121,7 +122,7 @@ class Server:
         return f"{text} (warning: {'; '.join(warnings)})" if warnings else text
 
     async def register(self) -> None:
-        if not self.shared.etcd_endpoint_list:
+        if not self.shared.etcd_endpoint_list or self.should_exit.is_set():
             return
         record = registration_record(self.service.name, self.runtime.instance_id,
                                      self.runtime.base_url, self.service.version)
@@ -185,10 +186,10 @@ class Server:
 
 
 def run_service(service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings) -> None:
+    server = Server(service_cls, settings, shared)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # uvloop is a core dependency, but stay usable without it
-        runner = asyncio.run
-    runner(Server(service_cls, settings, shared).run())
+        asyncio.run(server.run())
+    else:
+        uvloop.run(server.run())

@@ -20,6 +20,7 @@ from nexusd.runtime.settings import ServiceSettings, SharedSettings
 
 if TYPE_CHECKING:
     from nexusd.runtime.context import Runtime
+    from nexusd.units.render import UnitContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A readiness check returns None (or a short detail string) when healthy and raises when not.
@@ -108,6 +109,17 @@ class Service:
 
     async def reload(self) -> None:
         """SIGHUP: reload what can be reloaded (keys, static routes)."""
+
+    # --- systemd units (see nexusd/units/__init__.py) -----------------------------------
+    @classmethod
+    def unit_directives(cls, ctx: UnitContext) -> list[str]:
+        """Extra lines for the [Service] section of nexus-<name>.service (e.g. LoadCredential=)."""
+        return []
+
+    @classmethod
+    def extra_unit_files(cls, ctx: UnitContext) -> dict[str, str]:
+        """Extra files rendered next to the units: relative path → content (e.g. a drop-in)."""
+        return {}
 
     # --- helpers for subclasses ---------------------------------------------------------
     @property

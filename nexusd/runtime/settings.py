@@ -48,6 +48,9 @@ class SharedSettings(BaseSettings):
     strict_limits: bool = Field(False, description="Refuse to start when cgroup limits differ from resources")
     internal_token: str = Field("", description="When set, API routes require this token")
     gpu_memory: str = Field("", description="GPU memory cap for this process, e.g. 12Gi")
+    cgroup_root: str = Field(
+        "/", description="Test/diagnostic: root holding proc/self/cgroup and sys/fs/cgroup for limits"
+    )
 
     @property
     def etcd_endpoint_list(self) -> list[str]:

@@ -1,0 +1,87 @@
+"""`ProbeService`: a small real Service used by the in-process runtime tests. Each endpoint
+exercises one runtime feature (validation, body limit, unhandled error, public and pass-through
+routes, the shared client)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from nexusd.runtime import Endpoint, Resources, Service, ServiceSettings, parse_json
+from nexusd.runtime.settings import service_config
+
+
+class ProbeSettings(ServiceSettings):
+    model_config = service_config("probe")
+
+
+class Item(BaseModel):
+    name: str = Field(min_length=1, max_length=10)
+    count: int = Field(1, ge=1, le=5)
+
+
+class ProbeService(Service):
+    name = "probe"
+    Settings = ProbeSettings
+    default_resources = Resources(cpu="1", memory="64Mi")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.healthy = True
+        self.reloads = 0
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("POST", "/v1/items", self.items, "probe.items"),
+            Endpoint("POST", "/v1/small", self.items, "probe.small", max_body=16),
+            Endpoint("GET", "/v1/boom", self.boom, "probe.boom"),
+            Endpoint("GET", "/v1/public", self.public, "probe.public", public=True),
+            Endpoint("POST", "/api/native", self.native, "probe.native", passthrough=True),
+            Endpoint("GET", "/v1/headers", self.headers, "probe.headers", listed=False),
+            Endpoint("GET", "/v1/forward", self.forward, "probe.forward"),
+            Endpoint("GET", "/v1/stream", self.stream, "probe.stream", streaming=True),
+        ]
+
+    def checks(self):
+        return {"probe": self.check}
+
+    async def check(self) -> str:
+        if not self.healthy:
+            raise RuntimeError("probe says no")
+        return "fine"
+
+    async def reload(self) -> None:
+        self.reloads += 1
+
+    async def items(self, request: web.Request) -> web.Response:
+        item = await parse_json(request, Item)
+        return web.json_response(item.model_dump())
+
+    async def boom(self, request: web.Request) -> web.Response:
+        raise RuntimeError("internal detail that must not reach the client")
+
+    async def public(self, request: web.Request) -> web.Response:
+        return web.json_response({"public": True})
+
+    async def native(self, request: web.Request) -> web.Response:
+        if request.query.get("missing"):
+            raise web.HTTPNotFound(text="native not found")
+        return web.json_response({"error": "native shape"}, status=400)
+
+    async def headers(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "request_id": request.headers.get("X-Request-ID"),
+            "token": request.headers.get("X-Nexus-Internal-Token"),
+        })
+
+    async def forward(self, request: web.Request) -> web.Response:
+        async with self.runtime.http.get(self.runtime.base_url + "/v1/headers") as r:
+            return web.json_response(await r.json())
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(3):
+            await resp.write(f"data: {i}\n\n".encode())
+        await resp.write_eof()
+        return resp

@@ -1,0 +1,140 @@
+"""The runtime middleware on a real in-process server: request ids, OpenAI error envelopes for
+every failure, per-route body limits, pass-through routes and the internal token."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from nexusd.runtime.settings import SharedSettings
+from tests.runtime.probe import ProbeService
+from tests.runtime.support import serve_inprocess
+
+
+@pytest.fixture
+async def probe():
+    async with serve_inprocess(ProbeService) as server, aiohttp.ClientSession(server.url) as http:
+        yield http
+
+
+def assert_envelope(body: dict, type_: str, code: str | None = None) -> dict:
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == type_ and err["message"]
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+async def test_request_id_is_taken_or_created(probe):
+    async with probe.get("/health", headers={"X-Request-ID": "abc-123"}) as r:
+        assert r.headers["X-Request-ID"] == "abc-123"
+    async with probe.get("/health") as r:
+        created = r.headers["X-Request-ID"]
+        assert len(created) == 32 and int(created, 16) >= 0
+    async with probe.get("/v1/stream", headers={"X-Request-ID": "stream-1"}) as r:  # streamed
+        assert r.headers["X-Request-ID"] == "stream-1"
+        assert (await r.text()).count("data:") == 3
+    async with probe.get("/v1/nope", headers={"X-Request-ID": "err-1"}) as r:  # and on errors
+        assert r.status == 404 and r.headers["X-Request-ID"] == "err-1"
+    for bad in ("has space", "x" * 200):
+        async with probe.get("/health", headers={"X-Request-ID": bad}) as r:
+            assert r.headers["X-Request-ID"] != bad
+
+
+async def test_unknown_route_is_404_envelope(probe):
+    async with probe.get("/v1/nope") as r:
+        assert r.status == 404
+        assert_envelope(await r.json(), "not_found_error", "not_found")
+
+
+async def test_wrong_method_is_405_envelope_with_allow(probe):
+    async with probe.get("/v1/items") as r:
+        assert r.status == 405
+        assert "POST" in r.headers["Allow"]
+        assert_envelope(await r.json(), "invalid_request_error", "method_not_allowed")
+
+
+async def test_malformed_json_is_400(probe):
+    async with probe.post("/v1/items", data=b"{not json", headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400
+        assert_envelope(await r.json(), "invalid_request_error", "invalid_json")
+    async with probe.post("/v1/items", json=[1, 2]) as r:
+        assert r.status == 400
+        assert_envelope(await r.json(), "invalid_request_error", "invalid_json")
+
+
+async def test_validation_error_names_the_field(probe):
+    async with probe.post("/v1/items", json={"name": "ok", "count": 99}) as r:
+        assert r.status == 400
+        err = assert_envelope(await r.json(), "invalid_request_error", "invalid_value")
+        assert err["param"] == "count"
+    async with probe.post("/v1/items", json={"count": 1}) as r:
+        err = assert_envelope(await r.json(), "invalid_request_error", "missing_required_parameter")
+        assert err["param"] == "name"
+    async with probe.post("/v1/items", json={"name": "fine", "count": 2}) as r:
+        assert r.status == 200 and await r.json() == {"name": "fine", "count": 2}
+
+
+async def test_wrong_content_type_is_415(probe):
+    async with probe.post("/v1/items", data=b"name=x", headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 415
+        assert_envelope(await r.json(), "invalid_request_error", "unsupported_media_type")
+
+
+async def test_body_limit_is_per_route(probe):
+    body = b'{"name": "abcdefghij"}'  # 22 bytes: over /v1/small's 16, fine for /v1/items
+    async with probe.post("/v1/small", data=body, headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 413
+        assert_envelope(await r.json(), "invalid_request_error", "request_too_large")
+    async with probe.post("/v1/items", data=body, headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 200
+
+
+async def test_chunked_body_over_the_limit_is_413(probe):
+    async def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(4):
+            yield b'{"name": "x"    '
+
+    async with probe.post("/v1/small", data=chunks(), headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 413
+        assert_envelope(await r.json(), "invalid_request_error", "request_too_large")
+
+
+async def test_unhandled_exception_is_500_without_details(probe, caplog):
+    async with probe.get("/v1/boom", headers={"X-Request-ID": "boom-1"}) as r:
+        assert r.status == 500
+        err = assert_envelope(await r.json(), "server_error", "internal_error")
+        assert "internal detail" not in err["message"] and "Traceback" not in err["message"]
+        assert "boom-1" in err["message"]
+    logged = [rec for rec in caplog.records if rec.name == "nexusd.errors" and rec.exc_info]
+    assert logged and "internal detail" in str(logged[0].exc_info[1])  # the trace goes to the log
+    async with probe.get("/health") as r:  # and the process keeps serving
+        assert r.status == 200
+
+
+async def test_passthrough_route_keeps_its_own_error_shape(probe):
+    async with probe.post("/api/native", data=b"anything") as r:
+        assert r.status == 400 and await r.json() == {"error": "native shape"}
+    async with probe.post("/api/native?missing=1") as r:
+        assert r.status == 404 and await r.text() == "native not found"
+
+
+async def test_internal_token_guards_api_routes_only():
+    shared = SharedSettings(internal_token="s3cret-token")
+    async with serve_inprocess(ProbeService, shared) as server, aiohttp.ClientSession(server.url) as http:
+        async with http.post("/v1/items", json={"name": "a"}) as r:
+            assert r.status == 401
+            assert_envelope(await r.json(), "authentication_error", "invalid_internal_token")
+        async with http.post("/v1/items", json={"name": "a"}, headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+        async with http.post("/v1/items", json={"name": "a"},
+                             headers={"Authorization": "Bearer s3cret-token"}) as r:
+            assert r.status == 200
+        async with http.post("/v1/items", json={"name": "a"},
+                             headers={"X-Nexus-Internal-Token": "s3cret-token"}) as r:
+            assert r.status == 200
+        for path in ("/health", "/readyz", "/metrics", "/v1/metadata", "/v1/public"):
+            async with http.get(path) as r:
+                assert r.status == 200, path
