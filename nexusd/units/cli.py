@@ -1,0 +1,70 @@
+"""`nexusd units render|install|uninstall` (listed in nexusd.cli.EXTENSIONS)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from nexusd.units.render import DEFAULT_NEXUSD, MARKER, render_all
+
+
+def write_tree(out: Path, files: dict[str, str]) -> list[Path]:
+    """Write files under out and remove our stale ones (a service that no longer exists)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in sorted(out.rglob("*"), reverse=True):
+        rel = old.relative_to(out).as_posix()
+        if old.is_file() and rel not in files and MARKER in old.read_text(errors="replace")[:4096]:
+            old.unlink()
+        elif old.is_dir() and not any(old.iterdir()):
+            old.rmdir()
+    written = []
+    for rel, text in files.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    groups = [g for g in args.groups.split(",") if g] if args.groups else []
+    files = render_all(args.nexusd, groups, args.service or None)
+    if args.out is None:
+        for rel, text in files.items():
+            print(f"### {rel}\n{text}")
+        return 0
+    for path in write_tree(Path(args.out), files):
+        print(path)
+    return 0
+
+
+def _install(args: argparse.Namespace, uninstall: bool) -> int:
+    from nexusd.units import install
+
+    fn = install.uninstall if uninstall else install.install
+    try:
+        report = fn(Path(args.root), args.nexusd)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"nexusd units: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    units = subparsers.add_parser("units", help="render or install the systemd units")
+    sub = units.add_subparsers(dest="units_command", required=True)
+    p = sub.add_parser("render", help="render the units of every registered service")
+    p.add_argument("--out", help="directory to write (default: print to stdout)")
+    p.add_argument("--nexusd", default=DEFAULT_NEXUSD, help="ExecStart= binary (default %(default)s)")
+    p.add_argument("--groups", default="", help="GPU groups present on the host, e.g. video,render")
+    p.add_argument("--service", action="append", help="only this service (repeatable)")
+    p.set_defaults(func=cmd_render)
+    for name, undo, text in (("install", False, "install units, sysusers, tmpfiles and env files"),
+                             ("uninstall", True, "stop, disable and remove what install wrote")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--root", default="/", help="install under this root (default /)")
+        p.add_argument("--nexusd", default=None, help="ExecStart= binary (default: this nexusd)")
+        p.set_defaults(func=lambda a, undo=undo: _install(a, undo))

@@ -1,0 +1,136 @@
+"""`nexusd units install` / `uninstall`: put the rendered units, sysusers.d, tmpfiles.d and example
+env files in place under a root directory, then let a running systemd pick them up.
+
+Ownership rule: a file we generated starts with MARKER and is replaced on every install (units
+follow the installed code); anything else is the admin's and is never overwritten or removed.
+Env files in /etc/nexus are written only when absent and are kept by `uninstall` (they are
+configuration, possibly with secrets).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nexusd.units.packaging import SYSUSERS, TMPFILES, env_examples
+from nexusd.units.render import CONFIG_DIR, GPU_GROUPS, MARKER, render_all
+
+UNIT_DIR = "etc/systemd/system"
+SYSUSERS_FILE = "etc/sysusers.d/nexus.conf"
+TMPFILES_FILE = "etc/tmpfiles.d/nexus.conf"
+
+
+@dataclass
+class Report:
+    written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)  # present and not ours: left alone
+    removed: list[Path] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return ([f"wrote   {p}" for p in self.written] + [f"kept    {p}" for p in self.kept]
+                + [f"removed {p}" for p in self.removed] + [f"ran     {c}" for c in self.commands])
+
+
+def default_nexusd() -> str:
+    """The `nexusd` that is running this command, as an absolute path units can exec."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "nexusd" and argv0.exists():
+        return str(argv0.absolute())
+    beside = Path(sys.executable).parent / "nexusd"  # a venv's bin/ (without resolving links)
+    if beside.exists():
+        return str(beside)
+    return shutil.which("nexusd") or "/usr/bin/nexusd"
+
+
+def host_groups(root: Path) -> list[str]:
+    """The GPU groups that exist in root's /etc/group (a missing group fails the unit)."""
+    try:
+        names = {line.split(":", 1)[0] for line in (root / "etc/group").read_text().splitlines()}
+    except OSError:
+        return []
+    return [g for g in GPU_GROUPS if g in names]
+
+
+def systemd_running(root: Path) -> bool:
+    return root.resolve() == Path("/") and Path("/run/systemd/system").is_dir()
+
+
+def _ours(path: Path) -> bool:
+    try:
+        with path.open() as f:
+            return MARKER in f.read(4096)
+    except OSError:
+        return False
+
+
+def _generated(root: Path, nexusd: str) -> dict[Path, str]:
+    files = {root / UNIT_DIR / rel: text
+             for rel, text in render_all(nexusd, host_groups(root)).items()}
+    files[root / SYSUSERS_FILE] = SYSUSERS
+    files[root / TMPFILES_FILE] = TMPFILES
+    return files
+
+
+def _run(report: Report, *cmd: str) -> None:
+    report.commands.append(" ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def install(root: Path = Path("/"), nexusd: str | None = None) -> Report:
+    report = Report()
+    for path, text in _generated(root, nexusd or default_nexusd()).items():
+        if path.exists() and not _ours(path):
+            report.kept.append(path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".nexusd-tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        tmp.replace(path)  # atomic: systemd never reads half a unit
+        report.written.append(path)
+    config = root / CONFIG_DIR.lstrip("/")
+    config.mkdir(parents=True, exist_ok=True)
+    for name, text in env_examples().items():
+        path = config / name
+        try:  # O_EXCL: never overwrite an admin's env file, even in a race
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            report.kept.append(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        report.written.append(path)
+    if systemd_running(root):
+        _run(report, "systemd-sysusers", "/" + SYSUSERS_FILE)
+        _run(report, "systemd-tmpfiles", "--create", "/" + TMPFILES_FILE)
+        _run(report, "systemctl", "daemon-reload")
+    return report
+
+
+def uninstall(root: Path = Path("/"), nexusd: str | None = None) -> Report:
+    report = Report()
+    files = _generated(root, nexusd or default_nexusd())
+    units = [p.name for p in files if p.parent == root / UNIT_DIR and p.suffix in (".service", ".socket", ".target")]
+    if systemd_running(root) and units:
+        # Stop and unlink first, while systemd still has the unit files.
+        subprocess.run(["systemctl", "disable", "--now", *units], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report.commands.append("systemctl disable --now " + " ".join(units))
+    for path in files:
+        if path.exists():
+            if _ours(path):
+                path.unlink()
+                report.removed.append(path)
+            else:
+                report.kept.append(path)
+        parent = path.parent
+        if parent.name.endswith(".d") and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # a drop-in directory we emptied
+    if systemd_running(root):
+        _run(report, "systemctl", "daemon-reload")
+    return report
