@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from nexusd.runtime.service import Service
 
 BUILTIN: dict[str, str] = {
+    "images": "nexusd.services.images:ImagesService",
     "template": "nexusd.services.template:TemplateService",
 }
 
