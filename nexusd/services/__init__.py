@@ -13,7 +13,10 @@ if TYPE_CHECKING:
 
 BUILTIN: dict[str, str] = {
     "images": "nexusd.services.images:ImagesService",
+    "ollama": "nexusd.services.ollama:OllamaService",
+    "gateway": "nexusd.services.gateway:GatewayService",
     "template": "nexusd.services.template:TemplateService",
+    "tts": "nexusd.services.tts:TTSService",
 }
 
 
