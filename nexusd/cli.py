@@ -15,6 +15,7 @@ EXTENSIONS: list[str] = [
     "nexusd.dev.command",
     "nexusd.demo",
     "nexusd.units.cli",
+    "nexusd.services.gateway.cli",
 ]
 
 

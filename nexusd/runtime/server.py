@@ -29,6 +29,7 @@ from nexusd.runtime.service import Service
 from nexusd.runtime.settings import ConfigError, ServiceSettings, SharedSettings
 
 log = logging.getLogger("nexusd.server")
+ACCEPT_GRACE = 0.25  # s for just-accepted connections to send their request before the drain
 
 
 class Server:
@@ -60,7 +61,8 @@ class Server:
         listeners = self.service.listeners()
         for i, listener in enumerate(listeners):
             app = build_app(self.service, listener, self.readiness)
-            runner = web.AppRunner(app, shutdown_timeout=self.settings.drain_timeout, access_log=None)
+            runner = web.AppRunner(app, shutdown_timeout=self.settings.drain_timeout, access_log=None,
+                                   handler_cancellation=self.service.handler_cancellation)
             await runner.setup()
             self.runners.append(runner)
             sock = inherited.get(listener.name) or (inherited.get(f"fd{i}") if inherited else None)
@@ -153,7 +155,15 @@ class Server:
         self.runtime.notifier.stopping()
         log.info("stopping: deregistering and draining (up to %gs)", self.settings.drain_timeout)
         await self.registry.stop()
-        for runner in self.runners:  # closes listening sockets, then waits for in-flight requests
+        # Stop accepting first, then give connections accepted just before a moment to deliver
+        # their request: aiohttp closes a connection with no request yet as idle, which a client
+        # of a socket-activated restart (systemd keeps the socket) would see as a lost request.
+        for runner in self.runners:
+            for site in list(runner.sites):
+                await site.stop()
+        if any(runner.server and runner.server.connections for runner in self.runners):
+            await asyncio.sleep(ACCEPT_GRACE)
+        for runner in self.runners:  # then wait for in-flight requests (bounded by the drain timeout)
             await runner.cleanup()
         await self.service.stop()
         for task in self._tasks:

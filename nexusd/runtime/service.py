@@ -66,6 +66,9 @@ class Service:
     default_resources: ClassVar[Resources] = Resources()
     socket_activation: ClassVar[bool] = True
     watchdog_sec: ClassVar[int] = 30
+    # True: a client that disconnects cancels its handler (aiohttp's handler_cancellation), so
+    # a relaying service stops its upstream request too.
+    handler_cancellation: ClassVar[bool] = False
 
     def __init__(self, settings: ServiceSettings, shared: SharedSettings, runtime: Runtime) -> None:
         self.settings = settings

@@ -1,0 +1,177 @@
+"""The gateway: the one OpenAI-compatible front door (DESIGN §1, §4, §7).
+
+Two listeners: `api` (NEXUS_GATEWAY_PORT, 8800: /health and the API, behind API keys) and
+`obs` (NEXUS_GATEWAY_OBS_PORT, 8801 on NEXUS_GATEWAY_OBS_HOST: /health, /readyz, /metrics and
+/v1/metadata with the instances and routes). Modules, one per concept: settings, keys, auth,
+ratelimit, instances (metadata + readiness polling), discovery (env + etcd), routing, balancer,
+proxy (relay and SSE), aggregation (/v1/models, files, report), metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
+from nexusd.runtime.settings import ConfigError
+from nexusd.services.gateway.aggregation import Aggregation
+from nexusd.services.gateway.auth import make_auth_middleware
+from nexusd.services.gateway.balancer import Balancer
+from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
+from nexusd.services.gateway.instances import Instance, InstanceSet
+from nexusd.services.gateway.keys import KeyFileError, KeyStore
+from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
+from nexusd.services.gateway.proxy import Proxy
+from nexusd.services.gateway.ratelimit import RateLimiter
+from nexusd.services.gateway.routing import RoutingTable
+from nexusd.services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("nexusd.gateway")
+
+
+class GatewayService(Service):
+    name = "gateway"
+    Settings = GatewaySettings
+    description = "OpenAI-compatible front door: API keys, discovery, routing, load balancing, streaming relay"
+    capabilities = Capabilities(domains=["gateway"], modalities=["text", "image", "audio"], streaming=True)
+    default_resources = Resources(cpu="2", memory="512Mi")
+    handler_cancellation = True  # a client that goes away cancels its upstream request
+
+    settings: GatewaySettings
+
+    def __init__(self, settings: GatewaySettings, shared, runtime) -> None:  # type: ignore[no-untyped-def]
+        # Callers of the gateway authenticate with API keys; NEXUS_INTERNAL_TOKEN is what the
+        # gateway *sends* upstream, so the runtime must not demand it from our clients.
+        self.internal_token = shared.internal_token
+        super().__init__(settings, shared.model_copy(update={"internal_token": ""}), runtime)
+        registry = runtime.metrics.registry
+        self.gw_metrics = GatewayMetrics(registry)
+        self.keys = KeyStore(settings.keys_file)
+        self.limiter = RateLimiter()
+        self.instances = InstanceSet(
+            poll_interval=settings.poll_interval, metadata_every=settings.metadata_refresh,
+            default_inflight=settings.default_max_inflight, default_queue=settings.default_max_queue,
+            on_change=self.rebuild, on_event=self._discovery_event,
+            headers={"X-Nexus-Internal-Token": self.internal_token} if self.internal_token else None,
+        )
+        self.balancer = Balancer(cooldown=settings.eject_cooldown, eject_after=settings.eject_after,
+                                 queue_timeout=settings.queue_timeout, on_eject=self._ejected)
+        self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
+        self.aggregation = Aggregation(self)
+        self.etcd: EtcdDiscovery | None = None
+        if shared.etcd_endpoint_list:
+            self.etcd = EtcdDiscovery(shared, self.instances, retry=settings.etcd_retry,
+                                      on_event=self._discovery_event)
+        registry.register(InstanceCollector(self._snapshot))
+        # Handlers are bound once, so the auth middleware can recognise the public one by identity.
+        self._image_file = self.aggregation.image_file
+        self._auth = make_auth_middleware(self.keys, self.limiter, {self._image_file}, self._rejected)
+
+    # --- what the runtime asks -----------------------------------------------------------
+    def listeners(self) -> list[Listener]:
+        s = self.settings
+        return [Listener("api", s.host, s.port, observability=False),
+                Listener("obs", s.obs_host, s.obs_port, api=False)]
+
+    def middlewares(self, listener: Listener) -> list[Any]:
+        return [self._auth] if listener.name == "api" else []
+
+    def endpoints(self) -> list[Endpoint]:
+        relay = self.proxy.handle
+        return [
+            Endpoint("POST", "/v1/chat/completions", relay, "chat.completions", streaming=True),
+            Endpoint("POST", "/v1/completions", relay, "completions", streaming=True),
+            Endpoint("POST", "/v1/embeddings", relay, "embeddings"),
+            Endpoint("POST", "/v1/images/generations", relay, "images.generate"),
+            Endpoint("POST", "/v1/audio/speech", relay, "audio.speech", streaming=True),
+            Endpoint("GET", "/v1/audio/voices", relay, "audio.voices"),
+            Endpoint("GET", "/v1/models", self.aggregation.list_models, "models.list"),
+            Endpoint("GET", "/v1/models/{model:.+}", self.aggregation.get_model, "models.retrieve"),
+            Endpoint("GET", "/v1/images/files/{file_id}", self._image_file, "images.files", public=True),
+            # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
+            Endpoint("*", "/{tail:.*}", relay, "gateway.relay", listed=False),
+        ]
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=m["id"], operations=[], aliases=m["aliases"], owned_by=m["owned_by"])
+                for m in self.proxy.table.models]
+
+    def checks(self):  # type: ignore[no-untyped-def]
+        return {"discovery": self._discovery_ready}
+
+    def extra_metadata(self) -> dict[str, Any]:
+        return self.aggregation.report()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._load_keys()
+        self.instances.self_urls = self._own_urls()
+        await self.proxy.start()
+        await self.instances.start()
+        add_static(self.instances, self.settings.static_backends)
+        if self.etcd is not None:
+            await self.etcd.start()
+
+    async def stop(self) -> None:
+        if self.etcd is not None:
+            await self.etcd.stop()
+        await self.instances.stop()
+        await self.proxy.stop()
+
+    async def reload(self) -> None:
+        self._load_keys()
+
+    def _load_keys(self) -> None:
+        try:
+            count = self.keys.reload()
+        except KeyFileError as exc:
+            if not self.keys.keys and not self.runtime.ready:
+                raise ConfigError(f"NEXUS_GATEWAY_KEYS_FILE: {exc}") from None
+            raise
+        self.limiter.forget_except(set(self.keys.keys))
+        if count == 0:
+            log.warning("no API keys loaded from %s: every API request will get 401 "
+                        "(add one with `nexusd keys add NAME`)", self.keys.path)
+        else:
+            log.info("loaded %d API keys", count)
+
+    def _own_urls(self) -> set[str]:
+        s = self.settings
+        hosts = {s.host, "127.0.0.1", "localhost"}
+        return {f"http://{h}:{s.port}" for h in hosts} | {f"https://{h}:{s.port}" for h in hosts}
+
+    async def _discovery_ready(self) -> str:
+        # Ready once every source has been looked at once; backends being down is not our
+        # unreadiness (the gateway then answers 503 per route, and stays the front door).
+        if not self.instances.polled_once.is_set():
+            raise RuntimeError("first poll of the static backends not done")
+        if self.etcd is not None and not self.etcd.synced.is_set():
+            raise RuntimeError("etcd not listed yet")
+        ready = len(self.instances.routable())
+        return f"{ready}/{len(self.instances.instances)} instances ready"
+
+    # --- callbacks ---------------------------------------------------------------------
+    def rebuild(self) -> None:
+        known = [i for i in self.instances.instances.values() if i.metadata is not None and not i.is_gateway]
+        self.proxy.table = RoutingTable.build(self.instances.routable(), known)
+
+    def etcd_state(self) -> dict[str, Any] | None:
+        if self.etcd is None:
+            return None
+        return {"connected": self.etcd.connected, "revision": self.etcd.revision}
+
+    def _snapshot(self) -> list[dict[str, Any]]:
+        import time
+
+        now = time.monotonic()
+        return [i.describe(now) for i in self.instances.instances.values()]
+
+    def _discovery_event(self, event: str) -> None:
+        self.gw_metrics.discovery_events.labels(event).inc()
+
+    def _ejected(self, inst: Instance) -> None:
+        log.warning("ejecting %s for %gs after failures", inst.name, self.settings.eject_cooldown)
+        self.gw_metrics.ejections.labels(inst.name).inc()
+
+    def _rejected(self, reason: str) -> None:
+        self.gw_metrics.rejected.labels(reason).inc()

@@ -1,0 +1,110 @@
+"""`nexusd keys add|list|revoke`: manage the gateway's API keys file.
+
+`add` prints the new key alone on stdout, once (so `KEY=$(nexusd keys add alice)` works); the
+file keeps only its SHA-256. After a change, `systemctl reload nexus-gateway` (SIGHUP) applies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nexusd.services.gateway.keys import KeyFileError, new_key, parse_expiry, read_keys, write_keys
+
+DEFAULT_FILE = "/etc/nexus/api-keys"
+
+
+def _path(args: argparse.Namespace) -> Path:
+    return Path(args.keys_file or os.environ.get("NEXUS_GATEWAY_KEYS_FILE") or DEFAULT_FILE)
+
+
+def _split(values: list[str] | None) -> frozenset[str] | None:
+    if not values:
+        return None
+    return frozenset(v.strip() for item in values for v in item.split(",") if v.strip())
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    path = _path(args)
+    keys = read_keys(path)
+    if any(k.name == args.name for k in keys.values()):
+        print(f"nexusd keys: a key named {args.name!r} exists; revoke it first", file=sys.stderr)
+        return 1
+    expires = None
+    if args.expires:
+        try:
+            expires = parse_expiry(args.expires)
+        except ValueError:
+            print(f"nexusd keys: --expires: not a date or duration: {args.expires!r}", file=sys.stderr)
+            return 2
+    plaintext, record = new_key(args.name, operations=_split(args.ops), models=_split(args.models),
+                                rpm=args.rpm, expires=expires)
+    write_keys(path, [*keys.values(), record])
+    print(plaintext)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    keys = read_keys(_path(args))
+    print(f"{'NAME':<20} {'ID':<12} {'RPM':>5}  {'EXPIRES':<25} OPERATIONS / MODELS")
+    for k in sorted(keys.values(), key=lambda k: k.name):
+        expires = datetime.fromtimestamp(k.expires, UTC).isoformat() if k.expires else "-"
+        ops = ",".join(sorted(k.operations)) if k.operations is not None else "*"
+        models = ",".join(sorted(k.models)) if k.models is not None else "*"
+        print(f"{k.name:<20} {k.id:<12} {k.rpm or '-':>5}  {expires:<25} {ops} / {models}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    path = _path(args)
+    keys = read_keys(path)
+    kept = [k for k in keys.values() if k.name != args.name and k.id != args.name]
+    if len(kept) == len(keys):
+        print(f"nexusd keys: no key named {args.name!r}", file=sys.stderr)
+        return 1
+    write_keys(path, kept)
+    print(f"revoked {len(keys) - len(kept)} key(s); reload the gateway (systemctl reload nexus-gateway)",
+          file=sys.stderr)
+    return 0
+
+
+def _guard(func):  # noqa: ANN001, ANN202 - argparse callback wrapper
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except KeyFileError as exc:
+            print(f"nexusd keys: {exc}", file=sys.stderr)
+            return 1
+        except PermissionError as exc:
+            print(f"nexusd keys: {exc.filename}: permission denied", file=sys.stderr)
+            return 1
+    return run
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    keys = subparsers.add_parser("keys", help="manage the gateway's API keys")
+    sub = keys.add_subparsers(dest="keys_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--keys-file", help=f"keys file (default $NEXUS_GATEWAY_KEYS_FILE or {DEFAULT_FILE})")
+    p = sub.add_parser("add", parents=[common], help="create a key and print it once")
+    p.add_argument("name")
+    p.add_argument("--ops", nargs="+", help="allowed operation ids (default: all)")
+    p.add_argument("--models", nargs="+", help="allowed model ids or aliases (default: all)")
+    p.add_argument("--rpm", type=_positive, help="requests per minute (default: unlimited)")
+    p.add_argument("--expires", help="ISO date/time (UTC) or a duration such as 30d, 12h")
+    p.set_defaults(func=_guard(cmd_add))
+    p = sub.add_parser("list", parents=[common], help="list keys (never the secrets)")
+    p.set_defaults(func=_guard(cmd_list))
+    p = sub.add_parser("revoke", parents=[common], help="remove a key by name or id")
+    p.add_argument("name")
+    p.set_defaults(func=_guard(cmd_revoke))

@@ -1,0 +1,189 @@
+"""Backend instances: where they are (from env or etcd), what they serve (their /v1/metadata),
+whether they are ready (their /readyz, polled), and their load (for the balancer).
+
+Instances are keyed by base URL, so the same service seen both in the environment and in etcd
+is one instance. Each instance remembers which sources named it and goes away with the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger("nexusd.gateway.instances")
+
+
+@dataclass(eq=False)
+class Instance:
+    base_url: str
+    sources: set[str] = field(default_factory=set)
+    instance_id: str = ""
+    service: str = ""
+    metadata: dict[str, Any] | None = None
+    ready: bool = False
+    is_gateway: bool = False  # a URL that turned out to be a gateway (ourselves or another)
+    last_error: str = ""
+    # load, for the balancer
+    outstanding: int = 0
+    max_inflight: int = 1 << 30
+    max_queue: int = 0
+    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    ejected_until: float = 0.0
+    failures: int = 0  # consecutive
+    served: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.instance_id or self.base_url
+
+    def state(self, now: float) -> str:
+        if self.is_gateway:
+            return "ignored"
+        if self.ejected_until > now:
+            return "ejected"
+        if self.metadata is None:
+            return "unknown"
+        return "ready" if self.ready else "not_ready"
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id, "service": self.service, "base_url": self.base_url,
+            "sources": sorted(self.sources), "state": self.state(now), "ready": self.ready,
+            "outstanding": self.outstanding, "queued": len(self.waiters),
+            "max_inflight": self.max_inflight, "max_queue": self.max_queue,
+            "served": self.served, "last_error": self.last_error or None,
+        }
+
+
+class InstanceSet:
+    """All known instances; polls each one's /readyz and (re)fetches its metadata.
+
+    `on_change` runs whenever what can be routed to changes (an instance added, removed, became
+    ready or not ready, or its metadata changed); the gateway rebuilds its routing table there.
+    """
+
+    def __init__(self, *, poll_interval: float, metadata_every: float, default_inflight: int,
+                 default_queue: int, on_change: Callable[[], None],
+                 headers: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None) -> None:
+        self.instances: dict[str, Instance] = {}
+        self.poll_interval = poll_interval
+        self.metadata_every = metadata_every
+        self.default_inflight = default_inflight
+        self.default_queue = default_queue
+        self.on_change = on_change
+        self.on_event = on_event or (lambda _event: None)
+        self.headers = headers or {}
+        self.self_urls: set[str] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._fetched_at: dict[str, float] = {}
+        self.polled_once = asyncio.Event()
+
+    # --- membership --------------------------------------------------------------------
+    def add(self, base_url: str, source: str) -> None:
+        base_url = base_url.rstrip("/")
+        inst = self.instances.get(base_url)
+        if inst is None:
+            inst = self.instances[base_url] = Instance(base_url=base_url)
+            inst.max_inflight, inst.max_queue = self.default_inflight, self.default_queue
+            log.info("instance added: %s (from %s)", base_url, source)
+            self.on_event("added")
+            self._wake.set()  # poll it now rather than at the next tick
+        inst.sources.add(source)
+
+    def remove_source(self, source: str) -> None:
+        changed = False
+        for url, inst in list(self.instances.items()):
+            if source in inst.sources:
+                inst.sources.discard(source)
+                if not inst.sources:
+                    del self.instances[url]
+                    self._fetched_at.pop(url, None)
+                    log.info("instance removed: %s (%s)", inst.name, source)
+                    self.on_event("removed")
+                    changed = True
+        if changed:
+            self.on_change()
+
+    def sources(self, prefix: str) -> set[str]:
+        return {s for inst in self.instances.values() for s in inst.sources if s.startswith(prefix)}
+
+    # --- polling -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=4, sock_connect=2), headers=self.headers)
+        self._task = asyncio.create_task(self._run(), name="gateway-instance-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_all()
+            self.polled_once.set()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    async def poll_all(self) -> None:
+        instances = list(self.instances.values())
+        if not instances:
+            return
+        results = await asyncio.gather(*(self._poll(i) for i in instances), return_exceptions=True)
+        if any(r is True for r in results):
+            self.on_change()
+
+    async def _poll(self, inst: Instance) -> bool:
+        """Refresh one instance; True when what it can serve changed."""
+        assert self.session is not None
+        before = (inst.ready, inst.instance_id, id(inst.metadata))
+        now = time.monotonic()
+        try:
+            async with self.session.get(inst.base_url + "/readyz") as resp:
+                ready = resp.status == 200
+                await resp.read()
+            stale = now - self._fetched_at.get(inst.base_url, -1e9) > self.metadata_every
+            if inst.metadata is None or stale or (ready and not inst.ready):
+                await self._fetch_metadata(inst)
+                self._fetched_at[inst.base_url] = now
+            inst.ready = ready and not inst.is_gateway
+            inst.last_error = "" if ready else f"/readyz answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            inst.ready = False
+            inst.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        if inst.ready and inst.failures and inst.ejected_until <= now:
+            inst.failures = 0  # back after its cool-down and ready again
+        return before != (inst.ready, inst.instance_id, id(inst.metadata))
+
+    async def _fetch_metadata(self, inst: Instance) -> None:
+        assert self.session is not None
+        async with self.session.get(inst.base_url + "/v1/metadata") as resp:
+            if resp.status != 200:
+                raise ValueError(f"/v1/metadata answered {resp.status}")
+            doc = await resp.json(content_type=None)
+        service = doc["service"]
+        inst.service, inst.instance_id = str(service["name"]), str(service["instance_id"])
+        # A gateway listed among the backends (often our own URL in *_BASE_URL) would loop.
+        inst.is_gateway = inst.service == "gateway" or inst.base_url in self.self_urls
+        concurrency = doc.get("concurrency") or {}
+        inst.max_inflight = int(concurrency.get("max_inflight") or self.default_inflight)
+        inst.max_queue = int(concurrency.get("max_queue", self.default_queue))
+        if inst.metadata != doc:
+            inst.metadata = doc
+
+    def routable(self) -> list[Instance]:
+        return [i for i in self.instances.values() if i.ready and i.metadata is not None and not i.is_gateway]

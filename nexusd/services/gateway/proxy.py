@@ -1,0 +1,254 @@
+"""The relay: read the request, route it, forward it, pass the answer back.
+
+Non-streaming answers with a Content-Length are read whole and returned (one write). Streams
+(SSE, or any answer without a length) are relayed chunk by chunk as they arrive, never buffered.
+A connect failure (nothing sent yet) is retried once on another instance; once a request has
+reached an upstream it is never retried. An upstream that dies mid-SSE-stream gets the client an
+OpenAI-style error event, then a clean end of stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from nexusd.runtime.errors import ApiError, error_body
+from nexusd.runtime.logs import request_id_var
+from nexusd.services.gateway.auth import API_KEY
+from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
+from nexusd.services.gateway.instances import Instance
+from nexusd.services.gateway.keys import ApiKey
+from nexusd.services.gateway.metrics import GatewayMetrics
+from nexusd.services.gateway.routing import Route, RoutingTable
+
+if TYPE_CHECKING:
+    from nexusd.services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("nexusd.gateway.proxy")
+
+# Response headers worth passing back; everything else (hop-by-hop, Server, Date, lengths that
+# aiohttp recomputes) is dropped.
+PASS_BACK = frozenset({"content-type", "content-encoding", "content-disposition", "cache-control",
+                       "retry-after", "openai-processing-ms", "x-ratelimit-limit-requests",
+                       "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "allow"})
+USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)')
+USAGE_MARK = b'"usage"'
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _usage(data: bytes) -> dict[str, int] | None:
+    at = data.find(USAGE_MARK)
+    if at < 0:
+        return None
+    found = {k.decode(): int(v) for k, v in USAGE_RE.findall(data, at)}
+    return found or None
+
+
+def sse_error(message: str, code: str) -> bytes:
+    return b"data: " + json.dumps(error_body(message, "server_error", None, code)).encode() + b"\n\n"
+
+
+class Proxy:
+    def __init__(self, settings: GatewaySettings, balancer: Balancer, metrics: GatewayMetrics,
+                 internal_token: str) -> None:
+        self.settings = settings
+        self.balancer = balancer
+        self.metrics = metrics
+        self.table = RoutingTable()
+        self.internal_token = internal_token
+        self.session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+
+    async def start(self) -> None:
+        # Our own session: no auto-decompression (bytes pass through as they came), a large
+        # keep-alive pool, no cookie jar, no default headers beyond what we set per request.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.upstream_connections,
+                                           keepalive_timeout=30, enable_cleanup_closed=False),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",), timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def timeout(self, operation: str) -> aiohttp.ClientTimeout:
+        t = self._timeouts.get(operation)
+        if t is None:
+            read = self.settings.read_timeouts.get(operation, self.settings.read_timeout)
+            t = self._timeouts[operation] = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.settings.connect_timeout, sock_read=read)
+        return t
+
+    # --- the handler ---------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = self.table.route(request.method, request.path)
+        body = b""
+        model: str | None = None
+        stream = False
+        if request.method in BODY_METHODS:
+            body = await read_body(request)
+            if request.content_type == "application/json":
+                model, stream = inspect_json(body)
+            elif route.model_required or route.operation_id in self.table.ops_with_models:
+                raise ApiError(415, f"Content-Type must be application/json, got {request.content_type or 'none'}",
+                               code="unsupported_media_type")
+        instances, model_id = self.table.candidates(route, model)
+        key = request[API_KEY]
+        check_scope(key, route.operation_id, model_id, model)
+        if stream and not route.streaming:
+            raise ApiError(400, f"{route.operation_id} does not support stream=true", param="stream",
+                           code="streaming_unsupported")
+        return await self.forward(request, route, instances, body, model_id, key)
+
+    async def forward(self, request: web.Request, route: Route, instances: list[Instance], body: bytes,
+                      model_id: str, key: ApiKey, path: str | None = None) -> web.StreamResponse:
+        assert self.session is not None
+        op = route.operation_id
+        headers = {"X-Request-ID": request_id_var.get() or ""}
+        ctype = request.headers.get("Content-Type")
+        if ctype:
+            headers["Content-Type"] = ctype
+        accept = request.headers.get("Accept")
+        if accept:
+            headers["Accept"] = accept
+        if self.internal_token:
+            headers["X-Nexus-Internal-Token"] = self.internal_token
+        url_path = path or request.raw_path
+        tried: Instance | None = None
+        start = time.perf_counter()
+        for attempt in (0, 1):
+            inst = self.balancer.pick(instances, exclude=tried)
+            if inst is None:
+                if tried is not None:
+                    raise ApiError(502, "Upstream connection failed", code="upstream_unreachable")
+                raise ApiError(503, f"No live instance serves {op}", code="no_instance_available",
+                               headers={"Retry-After": "2"})
+            await self.balancer.acquire(inst)
+            try:
+                try:
+                    resp = await self.session.request(
+                        request.method, inst.base_url + url_path, data=body or None, headers=headers,
+                        timeout=self.timeout(op), allow_redirects=False)
+                except aiohttp.ClientConnectorError:
+                    # Nothing reached the upstream: safe to try another instance, once.
+                    self.balancer.failed(inst, connect=True)
+                    self.metrics.observe(op, model_id, 502, inst.name, key.name, None)
+                    if attempt == 0:
+                        self.metrics.retries.inc()
+                        tried = inst
+                        continue
+                    raise ApiError(502, "Upstream connection failed", code="upstream_unreachable") from None
+                except TimeoutError:
+                    self.balancer.failed(inst, connect=False)
+                    raise ApiError(504, f"Upstream {inst.name} timed out", code="upstream_timeout") from None
+                except aiohttp.ClientError as exc:
+                    self.balancer.failed(inst, connect=False)
+                    raise ApiError(502, f"Upstream error: {type(exc).__name__}", code="upstream_error") from None
+                try:
+                    return await self.relay(request, resp, inst, op, model_id, key, start)
+                finally:
+                    resp.release()
+            finally:
+                self.balancer.release(inst)
+        raise AssertionError("unreachable")
+
+    async def relay(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,
+                    model_id: str, key: ApiKey, start: float) -> web.StreamResponse:
+        upstream_seconds = time.perf_counter() - start
+        status = resp.status
+        if status in EJECTING_STATUSES:
+            self.balancer.failed(inst, connect=False)
+        elif inst.failures:
+            self.balancer.succeeded(inst)
+        inst.served += 1
+        headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_BACK}
+        headers["X-Nexus-Instance"] = inst.name
+        self.metrics.observe(op, model_id, status, inst.name, key.name, upstream_seconds)
+        length = resp.content_length
+        sse = resp.content_type == "text/event-stream"
+        if length is not None and not sse and length <= self.settings.buffer_limit:
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                self.balancer.failed(inst, connect=False)
+                raise ApiError(502, "Upstream closed the connection mid-response", code="upstream_error") from None
+            if status == 200:
+                usage = _usage(data)
+                if usage:
+                    self.metrics.add_tokens(key.name, usage)
+            return web.Response(body=data, status=status, headers=headers)
+        return await self.relay_stream(request, resp, inst, op, key, headers, sse)
+
+    async def relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance,
+                           op: str, key: ApiKey, headers: dict[str, str], sse: bool) -> web.StreamResponse:
+        out = web.StreamResponse(status=resp.status, headers=headers)
+        if sse:
+            out.headers["Cache-Control"] = "no-cache"
+        await out.prepare(request)
+        started = time.perf_counter()
+        first = True
+        tail = b""
+        usage_seen = False
+        try:
+            async for chunk in resp.content.iter_any():
+                if first:
+                    self.metrics.observe_first_byte(op, time.perf_counter() - started)
+                    first = False
+                await out.write(chunk)  # a client that went away raises here: the upstream closes
+                if not usage_seen and sse:
+                    window = tail + chunk
+                    if USAGE_MARK in window and b"}" in window[window.find(USAGE_MARK):]:
+                        usage = _usage(window)
+                        if usage:
+                            usage_seen = True
+                            self.metrics.add_tokens(key.name, usage)
+                    tail = chunk[-256:]
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                TimeoutError) as exc:
+            self.balancer.failed(inst, connect=False)
+            log.warning("upstream %s ended mid-stream: %s", inst.name, type(exc).__name__)
+            if not sse:  # no in-band error for raw bytes: drop the connection so the client knows
+                if request.transport is not None:
+                    request.transport.close()
+                return out
+            await out.write(sse_error(f"Upstream {inst.name} ended the stream early", "upstream_disconnected"))
+        await out.write_eof()
+        return out
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "Request body too large", code="request_too_large") from None
+
+
+def inspect_json(body: bytes) -> tuple[str | None, bool]:
+    """The two fields routing needs: `model` and `stream`. The body is forwarded unchanged."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Request body must be a JSON object", code="invalid_json")
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model or len(model) > 256):
+        raise ApiError(400, "model must be a non-empty string", param="model", code="invalid_value")
+    return model, data.get("stream") is True
+
+
+def check_scope(key: ApiKey, operation: str, model_id: str, requested: str | None) -> None:
+    if key.operations is not None and operation not in key.operations:
+        raise ApiError(403, f"This API key may not use {operation}", code="operation_not_allowed")
+    if key.models is not None and model_id and model_id not in key.models and requested not in key.models:
+        raise ApiError(403, f"This API key may not use model '{requested or model_id}'",
+                       param="model", code="model_not_allowed")
+

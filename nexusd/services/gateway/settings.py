@@ -1,0 +1,54 @@
+"""Gateway settings (`NEXUS_GATEWAY_*`) and the static backends found in the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field
+
+from nexusd.runtime.settings import ServiceSettings, service_config
+
+# The seed's convention: any <NAME>_BASE_URL is a backend. OPENAI_BASE_URL is what clients use
+# to reach *us*, so it is never a backend.
+IGNORED_BASE_URLS = frozenset({"OPENAI_BASE_URL"})
+
+
+def env_base_urls(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {
+        name[: -len("_BASE_URL")].lower(): value.strip().rstrip("/")
+        for name, value in sorted(environ.items())
+        if name.endswith("_BASE_URL") and name not in IGNORED_BASE_URLS
+        and value.strip().startswith(("http://", "https://"))
+    }
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = service_config("gateway")
+
+    port: int = Field(8800, ge=0, le=65535, description="API port (clients, API keys)")
+    obs_host: str = Field("127.0.0.1", description="Address of the observability listener")
+    obs_port: int = Field(8801, ge=0, le=65535,
+                          description="Observability port: /health /readyz /metrics /v1/metadata")
+    max_body: int = Field(4 << 20, gt=0, description="Request body limit in bytes")
+    keys_file: Path = Field(Path("/etc/nexus/api-keys"), description="API keys file (hashes only); reloaded on SIGHUP")
+    static_backends: dict[str, str] = Field(
+        default_factory=env_base_urls,
+        description="Static backends, name -> base URL; default: every <NAME>_BASE_URL variable")
+    poll_interval: float = Field(2.0, gt=0, le=60, description="Seconds between /readyz polls of each instance")
+    metadata_refresh: float = Field(30.0, gt=0, description="Seconds between /v1/metadata refetches")
+    connect_timeout: float = Field(3.0, gt=0, le=60, description="Upstream connect timeout, seconds")
+    read_timeout: float = Field(300.0, gt=0, description="Upstream read timeout (between bytes), seconds")
+    read_timeouts: dict[str, float] = Field(
+        default_factory=dict, description='Per-operation read timeouts, JSON: {"images.generate": 600}')
+    default_max_inflight: int = Field(256, ge=1, description="Per-instance concurrency when its metadata has none")
+    default_max_queue: int = Field(1024, ge=0, description="Per-instance wait queue when its metadata has none")
+    queue_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait for a slot, then 503")
+    eject_cooldown: float = Field(10.0, gt=0, description="Seconds an ejected instance gets no traffic")
+    eject_after: int = Field(3, ge=1, description="Consecutive 5xx answers that eject an instance")
+    upstream_connections: int = Field(256, ge=1, description="Keep-alive pool size per upstream host")
+    buffer_limit: int = Field(8 << 20, gt=0,
+                              description="Answers with a known length up to this size are read whole; larger ones stream")
+    etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
