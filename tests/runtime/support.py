@@ -8,6 +8,8 @@ import os
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from pathlib import Path
 from nexusd.runtime.server import Server
 from nexusd.runtime.service import Service
 from nexusd.runtime.settings import SharedSettings
+from tests.helpers.net import free_port
+from tests.helpers.proc import REPO, ServiceProcess, service_env
 
 
 @dataclass
@@ -26,8 +30,11 @@ class Message:
     def get(self, key: str) -> str | None:
         return next((v for k, v in self.fields if k == key), None)
 
-    def __contains__(self, key: str) -> bool:
-        return any(k == key for k, _ in self.fields)
+    def __contains__(self, item: str) -> bool:
+        """`"READY=1" in msg` matches a field exactly; `"STATUS" in msg` matches the key."""
+        if "=" in item:
+            return tuple(item.split("=", 1)) in self.fields
+        return any(k == item for k, _ in self.fields)
 
 
 @dataclass
@@ -37,6 +44,7 @@ class NotifyListener:
     tmp_path: Path
     abstract: bool = False
     messages: list[Message] = field(default_factory=list)
+    service: ServiceProcess | None = None  # when set, waits fail at once if it has exited
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -63,16 +71,19 @@ class NotifyListener:
     def wait(self, predicate: Callable[[Message], bool], timeout: float = 30, what: str = "message") -> Message:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            msg = self.receive(left)
+            msg = self.receive(min(left, 0.5))
             if msg is not None and predicate(msg):
                 return msg
+            if msg is None and self.service is not None and self.service.proc.poll() is not None:
+                raise AssertionError(f"{self.service.service} exited with {self.service.proc.returncode} "
+                                     f"before {what}:\n{self.service.logs()[-3000:]}")
         raise AssertionError(f"no {what} within {timeout}s; got {[m.fields for m in self.messages]}")
 
-    def wait_key(self, key: str, timeout: float = 30) -> Message:
-        return self.wait(lambda m: key in m, timeout, key)
+    def wait_key(self, item: str, timeout: float = 30) -> Message:
+        return self.wait(lambda m: item in m, timeout, item)
 
-    def index(self, key: str) -> int:
-        return next(i for i, m in enumerate(self.messages) if key in m)
+    def index(self, item: str) -> int:
+        return next(i for i, m in enumerate(self.messages) if item in m)
 
     def close(self) -> None:
         self.sock.close()
@@ -131,3 +142,26 @@ async def serve_inprocess(service_cls: type[Service], shared: SharedSettings | N
         yield server
     finally:
         await server.stop()
+
+
+@contextlib.contextmanager
+def spawn(tmp_path: Path, env: dict[str, str], *, service: str = "template", port: int | None = None,
+          prefix: list[str] | None = None, notify: NotifyListener | None = None):
+    """`nexusd run <service>` as a subprocess, optionally behind a wrapper that execs it (so the
+    pid stays the service's), without waiting for readiness; always stopped."""
+    port = port or free_port()
+    if notify is not None:
+        env = {"NOTIFY_SOCKET": notify.address, **env}
+    log = tmp_path / f"{service}-{port}.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "nexusd.cli", "run", service],
+            env=service_env(service, port, **env), stdout=err, stderr=err, cwd=REPO,
+        )
+    sp = ServiceProcess(service, port, proc, log)
+    if notify is not None:
+        notify.service = sp
+    try:
+        yield sp
+    finally:
+        sp.stop()
