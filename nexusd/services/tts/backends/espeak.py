@@ -116,6 +116,7 @@ class EspeakBackend(Backend):
             languages[lang] = voice.name.decode()
             ids[lang.lower()] = ident
             ids[ident.lower()] = ident
+            ids.setdefault(ident.rsplit("/", 1)[-1].lower(), ident)  # "fr" for roa/fr, as espeak-ng -v fr
             i += 1
         return languages, ids
 
