@@ -1,0 +1,153 @@
+"""The OpenAI request bodies both engines accept, with bounds, and small helpers for SSE.
+
+Unknown fields are kept (`extra="allow"`) so the `ollama` engine relays what Ollama understands
+(tools, format, keep_alive, ...) unchanged; the `llamacpp` engine uses the fields named here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from nexusd.runtime.errors import ApiError
+
+T = TypeVar("T")
+
+MAX_TEXT = 1 << 20  # characters in one prompt, message or embedding input
+MAX_ITEMS = 2048  # messages, prompts or embedding inputs in one request
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    # str, or OpenAI's list of content parts; None for assistant tool calls.
+    content: str | list[dict[str, Any]] | None = Field(None, max_length=MAX_TEXT)
+    name: str | None = Field(None, max_length=256)
+
+
+class _Generation(_Body):
+    model: str | None = Field(None, min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(None, max_length=4)
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatRequest(_Generation):
+    messages: list[Message] = Field(min_length=1, max_length=MAX_ITEMS)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str] = Field(max_length=MAX_TEXT)
+    echo: bool = False
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise ApiError(400, "prompt: only one prompt per request is supported", param="prompt",
+                           code="invalid_value")
+        return self.prompt[0]
+
+
+class EmbeddingRequest(_Body):
+    model: str | None = Field(None, min_length=1, max_length=256)
+    input: str | list[str] = Field(max_length=MAX_ITEMS)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    def inputs(self) -> list[str]:
+        items = [self.input] if isinstance(self.input, str) else self.input
+        if not items:
+            raise ApiError(400, "input: must not be empty", param="input", code="invalid_value")
+        for item in items:
+            if not item or len(item) > MAX_TEXT:
+                raise ApiError(400, f"input: each item must be 1..{MAX_TEXT} characters",
+                               param="input", code="invalid_value")
+        return items
+
+
+def capped(requested: int | None, cap: int) -> int:
+    """NEXUS_OLLAMA_MAX_TOKENS caps what a request may ask for (and is the default)."""
+    return cap if requested is None else min(requested, cap)
+
+
+def sse_bytes(doc: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+async def start_sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # nginx in front must not buffer tokens
+    })
+    await resp.prepare(request)
+    return resp
+
+
+def client_gone(request: web.Request) -> bool:
+    """aiohttp does not cancel handlers when the client disconnects (handler_cancellation is
+    off by default since 3.9), so long operations ask the transport."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+class ClientGone(ApiError):
+    """The client disconnected; answered with nginx's 499 (nobody reads it, the logs do)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client closed the request", code="client_closed_request")
+
+
+async def unless_client_leaves(request: web.Request, aw: Awaitable[T], poll: float = 0.1) -> T:
+    """Await `aw`, cancelling it if the client disconnects first (checked every `poll` s)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            if client_gone(request):
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
