@@ -1,0 +1,63 @@
+"""Bad input gets OpenAI's 400 envelope naming the parameter, and the service keeps serving."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import pytest
+
+from tests.services.tts.conftest import client_for, rms
+
+GOOD = {"model": "tts-1", "voice": "alloy", "input": "Hello there."}
+BAD = [
+    ({"input": ""}, "input"),
+    ({"input": "   \n "}, "input"),
+    ({"input": "a" * 4097}, "input"),
+    ({"voice": "nobody"}, "voice"),
+    ({"voice": "en-us+nosuchvariant"}, "voice"),
+    ({"response_format": "ogg"}, "response_format"),
+    ({"speed": 0.1}, "speed"),
+    ({"speed": 4.5}, "speed"),
+    ({"stream_format": "websocket"}, "stream_format"),
+]
+
+
+@pytest.mark.parametrize(("change", "param"), BAD, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD)])
+async def test_bad_input_is_400_and_service_stays_ready(espeak, change, param):
+    async with client_for(espeak) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.post("/audio/speech", body={**GOOD, **change}, cast_to=bytes)
+        error = info.value.body
+        assert isinstance(error, dict) and error["type"] == "invalid_request_error"
+        assert error["param"] == param
+        assert error["message"]
+        resp = await client.audio.speech.create(**GOOD, response_format="wav")
+        assert rms(resp.content, "wav") > 0.01
+    async with aiohttp.ClientSession() as http, http.get(espeak.url + "/readyz") as ready:
+        assert ready.status == 200
+
+
+async def test_longest_input_is_accepted(espeak):
+    text = ("Word " * 819) + "end."  # 4099 - 3 = 4096 characters
+    text = text[:4096]
+    async with client_for(espeak) as client:
+        resp = await client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format="pcm")
+    assert len(resp.content) > 24000 * 2 * 60  # minutes of speech
+
+
+async def test_unknown_model_is_404(espeak):
+    async with client_for(espeak) as client:
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.audio.speech.create(model="dall-e-3", voice="alloy", input="Hi.")
+    assert info.value.body["code"] == "model_not_found"
+
+
+async def test_missing_voice_and_bad_json(espeak):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(espeak.url + "/v1/audio/speech", json={"input": "Hi."}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"] == "voice"
+        async with http.post(espeak.url + "/v1/audio/speech", data=b"{nope",
+                             headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "invalid_json"
