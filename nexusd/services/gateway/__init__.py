@@ -172,6 +172,7 @@ class GatewayService(Service):
     def _ejected(self, inst: Instance) -> None:
         log.warning("ejecting %s for %gs after failures", inst.name, self.settings.eject_cooldown)
         self.gw_metrics.ejections.labels(inst.name).inc()
+        self.instances.poll_soon()
 
     def _rejected(self, reason: str) -> None:
         self.gw_metrics.rejected.labels(reason).inc()

@@ -113,6 +113,10 @@ class InstanceSet:
         if changed:
             self.on_change()
 
+    def poll_soon(self) -> None:
+        """Poll now (after an ejection: confirm with /readyz and update the table at once)."""
+        self._wake.set()
+
     def sources(self, prefix: str) -> set[str]:
         return {s for inst in self.instances.values() for s in inst.sources if s.startswith(prefix)}
 

@@ -52,7 +52,7 @@ class Chat(BaseModel):
 
 class Completion(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: str = "tiny-chat"
+    model: str
     prompt: str | list[str]
     stream: bool = False
 
@@ -88,6 +88,8 @@ class OpenAIDouble(Service):
         self.seen: list[tuple[str, dict[str, str]]] = []
         self.files: dict[str, bytes] = {}
         self.public_base = ""
+        self.aborted = 0
+        self.loaded = True  # tests flip it to make /readyz fail
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -103,7 +105,7 @@ class OpenAIDouble(Service):
     def models(self) -> list[ModelInfo]:
         return [
             ModelInfo(id="tiny-chat", operations=["chat.completions", "completions"], aliases=["gpt-4o-mini"],
-                      default_for=["chat.completions", "completions"]),
+                      default_for=["chat.completions"]),  # completions: no default (model required)
             ModelInfo(id="dies-midstream", operations=["chat.completions"]),
             ModelInfo(id="tiny-embed", operations=["embeddings"], aliases=["text-embedding-3-small"],
                       default_for=["embeddings"]),
@@ -117,6 +119,13 @@ class OpenAIDouble(Service):
         m = self.settings.max_inflight
         return Concurrency(max_inflight=m, max_queue=1) if m else None
 
+    def checks(self):  # noqa: ANN201
+        return {"loaded": self._loaded}
+
+    async def _loaded(self) -> None:
+        if not self.loaded:
+            raise RuntimeError("unloaded by the test")
+
     def _record(self, request: web.Request) -> None:
         self.seen.append((request.path, dict(request.headers)))
 
@@ -125,6 +134,8 @@ class OpenAIDouble(Service):
         body = await parse_json(request, Chat)
         if self.settings.delay:
             await asyncio.sleep(self.settings.delay)
+            if request.transport is None or request.transport.is_closing():
+                self.aborted += 1  # the gateway closed our connection: its client went away
         text = "hello from " + self.runtime.instance_id
         usage = {"prompt_tokens": 7, "completion_tokens": self.settings.events,
                  "total_tokens": 7 + self.settings.events}

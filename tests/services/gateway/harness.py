@@ -105,8 +105,8 @@ def run_gateway(tmp_path: Path, env: dict[str, str]) -> Iterator[GatewayProcess]
     """`python -m nexusd.cli run gateway` on free ports; waits for /readyz on the obs port."""
     port, obs_port = free_port(), free_port()
     log_path = tmp_path / f"gateway-{port}.log"
-    full_env = service_env("gateway", port, NEXUS_GATEWAY_OBS_PORT=str(obs_port),
-                           NEXUS_GATEWAY_POLL_INTERVAL="0.2", **env)
+    full_env = service_env("gateway", port, **{"NEXUS_GATEWAY_OBS_PORT": str(obs_port),
+                                               "NEXUS_GATEWAY_POLL_INTERVAL": "0.2", **env})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "gateway"], env=full_env,
                                 stdout=log, stderr=log, cwd=REPO)
