@@ -169,7 +169,8 @@ class PocketBackend(Backend):
             for chunk in stream:
                 if stop.is_set():
                     break
-                samples = chunk.numpy().astype(np.float32, copy=False)
+                # pocket decodes whatever frames are queued in one call, so cut to the sample.
+                samples = chunk.numpy().astype(np.float32, copy=False)[:limit - produced]
                 produced += samples.size
                 yield samples
                 if produced >= limit:
