@@ -29,6 +29,9 @@ class LlmMetrics:
                                            ["model"], buckets=TPS_BUCKETS, registry=registry)
         self.cancelled = Counter("nexus_llm_cancelled", "Generations stopped because the client left",
                                  ["model"], registry=registry)
+        self.generated = Counter("nexus_llm_generated_tokens",
+                                 "Tokens generated (llamacpp), including by generations whose client left",
+                                 ["model"], registry=registry)
         self.queue_depth = Gauge("nexus_llm_queue_depth", "Requests waiting for a model (llamacpp)",
                                  ["model"], registry=registry)
         self.loaded_models = Gauge("nexus_ollama_loaded_models", "Models the daemon holds in memory (/api/ps)",

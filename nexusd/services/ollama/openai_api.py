@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,10 @@ T = TypeVar("T")
 
 MAX_TEXT = 1 << 20  # characters in one prompt, message or embedding input
 MAX_ITEMS = 2048  # messages, prompts or embedding inputs in one request
+
+
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Texts = Annotated[list[Text], Field(max_length=MAX_ITEMS)]
 
 
 class _Body(BaseModel):
@@ -33,7 +37,7 @@ class StreamOptions(_Body):
 class Message(_Body):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     # str, or OpenAI's list of content parts; None for assistant tool calls.
-    content: str | list[dict[str, Any]] | None = Field(None, max_length=MAX_TEXT)
+    content: Text | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
     name: str | None = Field(None, max_length=256)
 
 
@@ -71,7 +75,7 @@ class ChatRequest(_Generation):
 
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str] = Field(max_length=MAX_TEXT)
+    prompt: Text | Texts
     echo: bool = False
 
     def requested_max_tokens(self) -> int | None:
@@ -88,7 +92,7 @@ class CompletionRequest(_Generation):
 
 class EmbeddingRequest(_Body):
     model: str | None = Field(None, min_length=1, max_length=256)
-    input: str | list[str] = Field(max_length=MAX_ITEMS)
+    input: Text | Texts
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
 
