@@ -72,8 +72,11 @@ def read_limits(root: Path = Path("/"), proc_cgroup: Path | None = None) -> tupl
         raw = _read(cgfs / "memory" / own.get("memory", "/").lstrip("/") / "memory.limit_in_bytes")
         if raw and raw.isdigit() and int(raw) < _V1_UNLIMITED:
             mem = int(raw)
-        cpu_dir = next((cgfs / n for n in ("cpu,cpuacct", "cpu") if (cgfs / n).is_dir()), cgfs / "cpu")
-        cpu_dir = cpu_dir / own.get("cpu", "/").lstrip("/")
+        # The mount that holds our cgroup: an empty "cpu,cpuacct" directory left by a failed
+        # co-mount (seen under a nested systemd) must not shadow a separate "cpu" mount.
+        cpu_rel = own.get("cpu", "/").lstrip("/")
+        cpu_dir = next((cgfs / n / cpu_rel for n in ("cpu,cpuacct", "cpu")
+                        if (cgfs / n / cpu_rel / "cpu.cfs_quota_us").is_file()), cgfs / "cpu" / cpu_rel)
         quota, period = _read(cpu_dir / "cpu.cfs_quota_us"), _read(cpu_dir / "cpu.cfs_period_us")
         if quota and period and quota.lstrip("-").isdigit() and int(quota) > 0:
             cpu = int(quota) / int(period)

@@ -147,3 +147,12 @@ def test_strict_limits_refuse_to_start_before_binding(tmp_path):
             lines = svc.logs().strip().splitlines()
     assert len(lines) == 1, lines
     assert "NEXUS_STRICT_LIMITS" in lines[0] and "declared 256Mi, cgroup enforces 512Mi" in lines[0]
+
+
+def test_v1_empty_comount_directory_does_not_shadow_the_cpu_mount(tmp_path):
+    """Under a nested systemd an empty "cpu,cpuacct" directory can sit beside a real "cpu" mount."""
+    root = fake_v1(tmp_path, memory=1024**3, quota=50000)
+    comount = root / "sys/fs/cgroup/cpu,cpuacct"
+    comount.rename(root / "sys/fs/cgroup/cpu")  # the real mount is "cpu"...
+    comount.mkdir()  # ...and the co-mount directory is left empty
+    assert cgroup.read_limits(root)[0] == 0.5
