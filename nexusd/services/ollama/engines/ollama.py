@@ -25,7 +25,12 @@ from nexusd.runtime.http import client_session
 from nexusd.runtime.metadata import ModelInfo
 from nexusd.runtime.service import Check, Endpoint
 from nexusd.services.ollama.engines import Engine
-from nexusd.services.ollama.engines.upstream import DOWN_ERRORS, daemon_down, passthrough, upstream_error
+from nexusd.services.ollama.engines.upstream import (
+    DOWN_ERRORS,
+    daemon_down,
+    passthrough,
+    upstream_error,
+)
 from nexusd.services.ollama.metrics import GenerationTimer
 from nexusd.services.ollama.openai_api import (
     ChatRequest,

