@@ -81,7 +81,7 @@ def cmd_env_example(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extensions: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexusd", description="AI HTTP services as systemd units")
     parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,13 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("env-example", help="print a service's .env.example, generated from its settings")
     p.add_argument("service")
     p.set_defaults(func=cmd_env_example)
-    for module in EXTENSIONS:
+    for module in EXTENSIONS if extensions else ():
         importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # `run` is what systemd starts: skip importing the other commands (start-up time, RSS).
+    args = build_parser(extensions=argv[:1] != ["run"]).parse_args(argv)
     return int(args.func(args) or 0)
 
 

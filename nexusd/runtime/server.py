@@ -99,7 +99,7 @@ class Server:
     async def wait_ready(self) -> None:
         """READY=1 once the checks pass, or at the start timeout (then /readyz stays 503)."""
         deadline = time.monotonic() + self.settings.start_timeout
-        delay = 0.05
+        delay = 0.01  # first re-check soon: a fast service is ready within a few ms
         while not self.should_exit.is_set():
             report = await self.readiness.run()
             if report.ready:

@@ -5,7 +5,6 @@ contract tests all read it, so a new service appears everywhere by being added h
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,16 +19,22 @@ BUILTIN: dict[str, str] = {
 }
 
 
+def _entry_points():  # imported on use: importlib.metadata costs ~50 ms of start-up
+    from importlib.metadata import entry_points
+
+    return entry_points(group="nexusd.services")
+
+
 def service_names() -> list[str]:
     names = set(BUILTIN)
-    names.update(ep.name for ep in entry_points(group="nexusd.services"))
+    names.update(ep.name for ep in _entry_points())
     return sorted(names)
 
 
 def load_service(name: str) -> type[Service]:
     target = BUILTIN.get(name)
     if target is None:
-        matches = [ep for ep in entry_points(group="nexusd.services") if ep.name == name]
+        matches = [ep for ep in _entry_points() if ep.name == name]
         if not matches:
             raise KeyError(name)
         return matches[0].load()
