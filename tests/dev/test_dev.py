@@ -1,0 +1,112 @@
+"""`nexusd dev` end to end: the whole stack on free ports, the official openai client through
+the gateway (chat, embeddings, images, speech), then SIGINT leaves no process behind."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from openai import OpenAI
+
+from tests.helpers.net import wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class DevStack:
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXUS_", "OPENAI_"))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nexusd.cli", "dev", "--free-ports"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def exported(self, name: str) -> str:
+        m = re.search(rf"^export {name}=(\S+)$", self.output(), re.M)
+        return m.group(1) if m else ""
+
+    def pids(self) -> dict[str, int]:
+        return {m.group(1): int(m.group(2))
+                for m in re.finditer(r"nexusd dev: (\w+) ready \(pid (\d+)\)", self.output())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack():
+    dev = DevStack()
+    try:
+        wait_for(lambda: dev.exported("OPENAI_API_KEY") or dev.proc.poll() is not None,
+                 timeout=300, what="nexusd dev to print the key")
+        assert dev.proc.poll() is None, dev.output()[-4000:]
+        yield dev
+    finally:
+        if dev.proc.poll() is None:
+            dev.proc.send_signal(signal.SIGINT)
+            try:
+                dev.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                dev.proc.kill()
+
+
+def test_every_service_ready_and_key_printed(stack):
+    pids = stack.pids()
+    for name in ("ollama", "images", "tts", "gateway"):
+        assert name in pids, stack.output()[-3000:]
+    assert stack.exported("OPENAI_BASE_URL").endswith("/v1")
+    assert stack.exported("OPENAI_API_KEY").startswith("nx-")
+
+
+def test_openai_client_through_the_gateway(stack):
+    client = OpenAI(base_url=stack.exported("OPENAI_BASE_URL"), api_key=stack.exported("OPENAI_API_KEY"),
+                    max_retries=0, timeout=120)
+    models = {m.id: m.owned_by for m in client.models.list().data}
+    llm = next(m for m, owner in models.items() if owner == "ollama")
+    chat = client.chat.completions.create(model=llm, messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    assert chat.choices[0].message.content
+    emb = client.embeddings.create(model=llm, input=["one sentence", "another"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) > 8
+    image = client.images.generate(prompt="a red square", size="256x256", response_format="b64_json")
+    png = base64.b64decode(image.data[0].b64_json)
+    assert png.startswith(b"\x89PNG")
+    speech = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="wav")
+    import av
+
+    with av.open(io.BytesIO(speech.content)) as container:
+        assert container.streams.audio[0].duration or container.duration
+
+
+def test_sigint_stops_everything(stack):
+    pids = stack.pids()
+    assert pids and all(alive(p) for p in pids.values())
+    stack.proc.send_signal(signal.SIGINT)
+    assert stack.proc.wait(90) == 0
+    wait_for(lambda: not any(alive(p) for p in pids.values()), timeout=30, what="children gone")
+    # reverse order: the gateway stops before the services it routes to, etcd last
+    out = stack.output()
+    stops = [m.group(1) for m in re.finditer(r"(\w+) \|\S* .*nexusd.server: stopping", out)]
+    assert stops[0] == "gateway" and set(stops) >= {"gateway", "ollama", "images", "tts"}, stops
