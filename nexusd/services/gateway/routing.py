@@ -85,7 +85,7 @@ class RoutingTable:
                     seen_models.add(m["id"])
                     table.models.append({"id": m["id"], "object": "model",
                                          "created": int(doc.get("extra", {}).get("created", 0) or 0),
-                                         "owned_by": m.get("owned_by") or service,
+                                         "owned_by": service,  # issue 4: owned_by names the service
                                          "aliases": m.get("aliases", [])})
         return table
 
