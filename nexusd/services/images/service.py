@@ -186,6 +186,8 @@ class ImagesService(Service):
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError
+        except ValueError as exc:  # the pipeline refused the arguments (e.g. steps beyond its schedule)
+            raise ApiError(400, f"The model refused the request: {exc}", code="invalid_value") from None
         except JobCancelled:
             self.metrics.cancelled.inc()
             raise ApiError(503, "The service is stopping; the job was cancelled", code="cancelled") from None

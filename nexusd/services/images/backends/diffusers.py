@@ -37,7 +37,7 @@ class DiffusersBackend(Backend):
         self.progress(f"loading {s.model} ({self.device}, {str(self.dtype).removeprefix('torch.')})")
         started = time.monotonic()
         pipe = AutoPipelineForText2Image.from_pretrained(
-            s.model, torch_dtype=self.dtype, local_files_only=not s.allow_download,
+            s.model, local_files_only=not s.allow_download, **_dtype_kwarg(self.dtype),
         )
         if cuda:
             self.progress(f"moving {s.model} to the GPU")
@@ -67,7 +67,7 @@ class DiffusersBackend(Backend):
 
         if job.cancelled.is_set():
             raise JobCancelled
-        # One generator per image: image i is reproducible alone from seed + i.
+        # One generator per image: image i starts from the noise of seed + i.
         generators = [torch.Generator(self.device).manual_seed((job.seed + i) % 2**32) for i in range(job.n)]
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -96,3 +96,13 @@ class DiffusersBackend(Backend):
 
             del pipe
             torch.cuda.empty_cache()
+
+
+def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """diffusers 0.36+ renamed `torch_dtype` to `dtype` (the old name warns); older ones only
+    know `torch_dtype`. The `images` extra accepts both."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - a version probe
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
