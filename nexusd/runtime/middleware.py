@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -24,12 +25,27 @@ error_log = logging.getLogger("nexusd.errors")
 REQUEST_ID = "X-Request-ID"
 
 
+# New ids: a random per-process prefix and a counter, 32 hex digits like a uuid4's hex but
+# without a getrandom() call per request; unique across instances by the prefix.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
 def _request_id(request: web.Request) -> str:
     rid = request.headers.get(REQUEST_ID)
     # Accept the caller's id only when it is short and printable; it ends up in logs and headers.
     if rid and len(rid) <= 128 and rid.isprintable() and " " not in rid:
         return rid
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def _set_body_limit(request: web.Request, limit: int) -> web.Request:
+    """The per-route body limit. aiohttp has only a per-app one; request.clone() would do but
+    costs ~30 µs a request, so set the attribute that read()/post() check when it exists."""
+    if getattr(request, "_client_max_size", None) is not None:
+        request._client_max_size = limit
+        return request
+    return request.clone(client_max_size=limit)
 
 
 def _has_token(request: web.Request, token: str) -> bool:
@@ -68,7 +84,7 @@ def make_middleware(
                         length = request.content_length
                         if length is not None and length > endpoint.max_body:
                             raise web.HTTPRequestEntityTooLarge(max_size=endpoint.max_body, actual_size=length)
-                        request = request.clone(client_max_size=endpoint.max_body)
+                        request = _set_body_limit(request, endpoint.max_body)
                 response = await handler(request)
             except ApiError as exc:
                 response = exc.response()
@@ -94,12 +110,16 @@ def make_middleware(
             resource = route.resource
             label = resource.canonical if resource is not None else "unmatched"
             observe(label, request.method, status, elapsed)
-            if access:
-                access_log.info(
-                    "%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
-                    extra={"method": request.method, "path": request.path, "status": status,
-                           "duration_ms": round(elapsed * 1000, 3)},
-                )
+            if access and access_log.isEnabledFor(logging.INFO):
+                # makeRecord + handle rather than .info(): skips Logger.findCaller's stack walk
+                # (~25 µs a record, measured in bench/gateway), pointless for a record whose
+                # origin is always this line.
+                access_log.handle(access_log.makeRecord(
+                    access_log.name, logging.INFO, __file__, 0, "%s %s %d %.1fms",
+                    (request.method, request.path, status, elapsed * 1000), None, "runtime_middleware",
+                    {"method": request.method, "path": request.path, "status": status,
+                     "duration_ms": round(elapsed * 1000, 3)},
+                ))
             request_id_var.reset(ctx_token)
 
     return runtime_middleware
