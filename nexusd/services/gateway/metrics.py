@@ -42,6 +42,7 @@ class GatewayMetrics:
         self._keys: dict[str, Any] = {}
         self._latency: dict[str, Any] = {}
         self._first_byte: dict[str, Any] = {}
+        self._tokens: dict[tuple[str, str], Any] = {}
 
     def observe(self, operation: str, model: str, status: int, instance: str, key: str,
                 upstream_seconds: float | None) -> None:
@@ -68,7 +69,10 @@ class GatewayMetrics:
 
     def add_tokens(self, key: str, usage: dict[str, int]) -> None:
         for kind, n in usage.items():
-            self.key_tokens.labels(key, kind).inc(n)
+            child = self._tokens.get((key, kind))
+            if child is None:
+                child = self._tokens[(key, kind)] = self.key_tokens.labels(key, kind)
+            child.inc(n)
 
 
 class InstanceCollector:

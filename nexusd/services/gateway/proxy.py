@@ -195,22 +195,22 @@ class Proxy:
         await out.prepare(request)
         started = time.perf_counter()
         first = True
-        tail = b""
-        usage_seen = False
+        pending = b""  # a usage object split across chunks (rare: it is the last small event)
+        look = sse
         try:
             async for chunk in resp.content.iter_any():
                 if first:
                     self.metrics.observe_first_byte(op, time.perf_counter() - started)
                     first = False
                 await out.write(chunk)  # a client that went away raises here: the upstream closes
-                if not usage_seen and sse:
-                    window = tail + chunk
-                    if USAGE_MARK in window and b"}" in window[window.find(USAGE_MARK):]:
-                        usage = _usage(window)
+                if look and (pending or USAGE_MARK in chunk):
+                    pending += chunk
+                    if pending.endswith(b"\n\n") or len(pending) > 65536:
+                        usage = _usage(pending)
                         if usage:
-                            usage_seen = True
+                            look = False
                             self.metrics.add_tokens(key.name, usage)
-                    tail = chunk[-256:]
+                        pending = b""
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 TimeoutError) as exc:
             self.balancer.failed(inst, connect=False)

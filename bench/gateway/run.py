@@ -1,0 +1,219 @@
+"""Relay benchmark: the same load, in one run, direct to a fast backend, through a bare
+aiohttp+uvloop proxy, and through the gateway with auth, routing, metrics and access logging on.
+
+    .venv/bin/python bench/gateway/run.py [--seconds 5] [--conns 32] [--json out.json]
+
+Reports per target and workload: req/s, CPU µs per request of the relaying process (from
+/proc/<pid>/stat; for `direct`, the backend's), p50/p99 latency, SSE events/s, and RSS.
+The load generator is a small keep-alive HTTP/1.1 client on raw asyncio streams (uvloop), so it
+costs less CPU than the processes it measures; on a 2-core machine all of them share the cores,
+which is why CPU per request (not req/s) is the figure to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TICK = os.sysconf("SC_CLK_TCK")
+CHAT = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Hello"}]}).encode()
+STREAM = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Hello"}],
+                     "stream": True}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_ok(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(url, data=CHAT, headers={"Content-Type": "application/json", **(headers or {})})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def one_request(reader, writer, request: bytes) -> int:
+    """Send one request, read the whole answer; returns the number of SSE events."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    if head[9:12] != b"200":
+        raise RuntimeError(f"status {head[9:12]!r}")
+    lower = head.lower()
+    at = lower.find(b"content-length:")
+    if at >= 0:
+        n = int(lower[at + 15: lower.index(b"\r\n", at)])
+        await reader.readexactly(n)
+        return 0
+    events = 0
+    while True:  # chunked
+        size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return events
+        events += (await reader.readexactly(size + 2)).count(b"data: ")
+
+
+async def load(port: int, path: str, body: bytes, headers: dict[str, str], conns: int,
+               seconds: float) -> tuple[int, int, list[float]]:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    latencies: list[float] = []
+    counts = [0, 0]
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        clock = time.perf_counter
+        while clock() < deadline:
+            t0 = clock()
+            events = await one_request(reader, writer, request)  # (not `x += await`: lost updates)
+            counts[1] += events
+            latencies.append(clock() - t0)
+            counts[0] += 1
+        writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    return counts[0], counts[1], latencies
+
+
+def measure(name: str, port: int, pid: int, path: str, headers: dict[str, str], conns: int,
+            seconds: float, stream: bool) -> dict:
+    import uvloop
+
+    body = STREAM if stream else CHAT
+    uvloop.run(load(port, path, body, headers, conns, min(1.0, seconds)))  # warm-up
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    n, events, lat = uvloop.run(load(port, path, body, headers, conns, seconds))
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    lat.sort()
+    return {"target": name, "workload": "sse50" if stream else "chat", "conns": conns, "requests": n,
+            "req_s": round(n / wall, 1), "cpu_us_per_req": round(cpu / n * 1e6, 1),
+            "p50_ms": round(statistics.median(lat) * 1000, 3),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 3),
+            "events_s": round(events / wall, 1) if stream else None, "rss_mib": round(rss_mib(pid), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--targets", default="direct,bare-proxy,gateway")
+    ap.add_argument("--workloads", default="chat,sse50")
+    ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
+    ap.add_argument("--py-spy", metavar="OUT", help="profile the gateway with py-spy (speedscope JSON)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from nexusd.services.gateway.keys import new_key, write_keys
+
+    tmp = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
+    key, record = new_key("bench")
+    write_keys(tmp / "api-keys", [record])
+    bport, pport, gport, oport = free_port(), free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_") and not k.endswith("_BASE_URL")}
+    procs = []
+    try:
+        backend = subprocess.Popen([sys.executable, str(HERE / "backend.py"), str(bport)], env=env)
+        procs.append(backend)
+        bare = subprocess.Popen([sys.executable, str(HERE / "bare_proxy.py"), str(pport),
+                                 f"http://127.0.0.1:{bport}"], env=env)
+        procs.append(bare)
+        gw_env = {**env, "NEXUS_GATEWAY_PORT": str(gport), "NEXUS_GATEWAY_OBS_PORT": str(oport),
+                  "NEXUS_GATEWAY_KEYS_FILE": str(tmp / "api-keys"), "BENCH_BASE_URL": f"http://127.0.0.1:{bport}",
+                  "NEXUS_LOG_FORMAT": "json", "NEXUS_ACCESS_LOG": "true",
+                  **dict(kv.split("=", 1) for kv in args.gateway_env)}
+        with open(tmp / "gateway.log", "wb") as log:  # access records are written, as in production
+            gateway = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "gateway"], env=gw_env,
+                                       stderr=log, stdout=log, cwd=REPO)
+        procs.append(gateway)
+        auth = {"Authorization": f"Bearer {key}"}
+        wait_ok(f"http://127.0.0.1:{bport}/v1/chat/completions")
+        wait_ok(f"http://127.0.0.1:{pport}/v1/chat/completions")
+        wait_ok(f"http://127.0.0.1:{gport}/v1/chat/completions", auth)
+        targets = [("direct", bport, backend.pid, {}), ("bare-proxy", pport, bare.pid, {}),
+                   ("gateway", gport, gateway.pid, auth)]
+        results = []
+        targets = [t for t in targets if t[0] in args.targets.split(",")]
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-o", args.py_spy,
+                                    "-f", "speedscope", "-r", "200"])
+        for stream in (False, True):
+            if ("sse50" if stream else "chat") not in args.workloads.split(","):
+                continue
+            for conns in (1, args.conns):
+                for name, port, pid, headers in targets:
+                    r = measure(name, port, pid, "/v1/chat/completions", headers, conns, args.seconds, stream)
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+        summarize(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+def summarize(results: list[dict]) -> None:
+    by = {(r["target"], r["workload"], r["conns"]): r for r in results}
+    print("\n| workload | conns | target | req/s | CPU µs/req (relay) | p50 ms | p99 ms | events/s | RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ev = r["events_s"] if r["events_s"] is not None else "-"
+        print(f"| {r['workload']} | {r['conns']} | {r['target']} | {r['req_s']} | {r['cpu_us_per_req']} | "
+              f"{r['p50_ms']} | {r['p99_ms']} | {ev} | {r['rss_mib']} |")
+    print()
+    if {r["target"] for r in results} != {"direct", "bare-proxy", "gateway"}:
+        return
+    for workload in sorted({r["workload"] for r in results}):
+        conns = max(r["conns"] for r in results)
+        bare, gw = by[("bare-proxy", workload, conns)], by[("gateway", workload, conns)]
+        bare1, gw1, direct1 = (by[(t, workload, 1)] for t in ("bare-proxy", "gateway", "direct"))
+        print(f"{workload}: gateway/bare throughput {gw['req_s'] / bare['req_s']:.2f}x (goal >= 0.8), "
+              f"CPU/req {gw['cpu_us_per_req'] / bare['cpu_us_per_req']:.2f}x (goal <= 1.25), "
+              f"added p50 at 1 conn: gateway {gw1['p50_ms'] - direct1['p50_ms']:.3f} ms, "
+              f"bare {bare1['p50_ms'] - direct1['p50_ms']:.3f} ms (goal <= 0.4)")
+
+
+if __name__ == "__main__":
+    main()
