@@ -62,10 +62,7 @@ CONTRACT: dict[str, Contract] = {
     "ollama": Contract(env={"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_THREADS": "1"},
                        skip=_llamacpp_missing),
     "gateway": Contract(
-        setup=_gateway_setup, obs_port_var="NEXUS_GATEWAY_OBS_PORT",
-        xfail={"test_wrong_content_type_is_415_envelope":
-               "the gateway checks the content type only for operations with a routed model; "
-               "with no backend it answers 503 no_instance_available"}),
+        setup=_gateway_setup, obs_port_var="NEXUS_GATEWAY_OBS_PORT"),
 }
 
 
