@@ -173,8 +173,10 @@ def test_usage_metrics_bounds_and_ps_gauges(double, tmp_path):
         r = c.chat.completions.create(model="tinyllama", messages=msgs, max_tokens=1000)
         assert r.choices[0].message.content == "Hi there!"
         assert double.double.requests[-1][3]["max_tokens"] == 32  # capped
-        c.chat.completions.create(model="tinyllama", messages=msgs)
+        r = c.chat.completions.create(model="tinyllama", messages=msgs)
         assert double.double.requests[-1][3]["max_tokens"] == 32  # the cap is the default
+        status, _, raw = post_json(svc.url + "/v1/chat/completions", {"messages": msgs})
+        assert status == 200 and json.loads(raw)["model"] == "tinyllama:latest"  # default_for
         # Streamed, without asking for usage: the client gets none, the metrics still count it.
         chunks = list(c.chat.completions.create(model="tinyllama", messages=msgs, stream=True))
         assert all(ch.usage is None for ch in chunks) and "".join(
@@ -184,6 +186,7 @@ def test_usage_metrics_bounds_and_ps_gauges(double, tmp_path):
         assert chunks[-1].usage.prompt_tokens == 11 and chunks[-1].usage.completion_tokens == 3
         assert metric(svc, "nexus_llm_prompt_tokens_total", model="tinyllama") == 4 * 11
         assert metric(svc, "nexus_llm_completion_tokens_total", model="tinyllama") == 4 * 3
+        assert metric(svc, "nexus_llm_prompt_tokens_total", model="tinyllama:latest") == 11
         e = c.embeddings.create(model="all-minilm", input=["a", "b"])
         assert len(e.data) == 2 and metric(svc, "nexus_llm_prompt_tokens_total", model="all-minilm") == 8
         wait_for(lambda: metric(svc, "nexus_ollama_loaded_models") == 1, timeout=10, what="ps gauge")

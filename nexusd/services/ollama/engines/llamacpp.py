@@ -229,15 +229,18 @@ class LlamaCppEngine(Engine):
                            param="messages", code="invalid_value") from None
         return m.llm.tokenize(prompt.encode(), add_bos=False, special=True)
 
+    # Templating and tokenizing a long prompt takes a while: off the loop, but not in the model's
+    # worker thread, where it would wait behind the running generation (the vocab is read-only).
     async def chat(self, request: web.Request, body: ChatRequest, model: str) -> web.StreamResponse:
         m = self._model(model)
-        tokens = self._chat_tokens(m, body)
+        tokens = await asyncio.get_running_loop().run_in_executor(None, self._chat_tokens, m, body)
         return await self._generate(request, m, body, tokens, "chat.completions")
 
     async def completions(self, request: web.Request, body: CompletionRequest, model: str) -> web.StreamResponse:
         m = self._model(model)
         prompt = body.prompt_text()
-        tokens = m.llm.tokenize(prompt.encode(), add_bos=True, special=False)
+        tokens = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: m.llm.tokenize(prompt.encode(), add_bos=True, special=False))
         return await self._generate(request, m, body, tokens, "completions", echo=prompt if body.echo else "")
 
     async def _generate(self, request: web.Request, m: LocalModel, body: ChatRequest | CompletionRequest,

@@ -196,9 +196,12 @@ class OllamaEngine(Engine):
         return f"{len(present)} models"
 
     async def poll_ps(self) -> None:
+        """Loaded-model gauges; the model list too, so models pulled by hand (`ollama pull`)
+        reach the metadata without a restart."""
         while True:
             with contextlib.suppress(Exception):
                 self.metrics.set_loaded(list((await self._get("/api/ps")).get("models") or []))
+                await self.refresh_tags()
             await asyncio.sleep(self.settings.ps_interval)
 
     def models(self) -> list[ModelInfo]:
@@ -277,7 +280,11 @@ class OllamaEngine(Engine):
             async with self.http.post(self.upstream + path, json=payload) as r:
                 if r.status != 200:
                     raise await upstream_error(r, self.settings.retry_after)
-                return await r.json(content_type=None)
+                try:
+                    return await r.json(content_type=None)
+                except ValueError:
+                    raise ApiError(502, "The Ollama daemon answered with invalid JSON",
+                                   code="upstream_error") from None
         except DOWN_ERRORS as exc:
             raise daemon_down(self.upstream, exc, self.settings.retry_after) from None
 
