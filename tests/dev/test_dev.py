@@ -7,10 +7,13 @@ import base64
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import urllib.request
+from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -98,6 +101,32 @@ def test_openai_client_through_the_gateway(stack):
 
     with av.open(io.BytesIO(speech.content)) as container:
         assert container.streams.audio[0].duration or container.duration
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_status_page_in_headless_chromium(stack, tmp_path):
+    m = re.search(r"status page: (http://\S+)", stack.output())
+    assert m, stack.output()[-2000:]
+    url = m.group(1)
+    # The gateway discovers instances asynchronously: wait until the page lists all of them ready.
+    wait_for(lambda: urllib.request.urlopen(url, timeout=5).read().decode().count(">ready<") >= 3,
+             timeout=60, what="status page with ready instances")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}"]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    for service in ("ollama", "images", "tts"):
+        assert f"<b>{service}</b>" in dom, dom[:2000]
+    assert "Routes" in dom and "Recent errors" in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "status-page.png"
+    subprocess.run(["chromium", *flags, "--window-size=1400,900", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_sigint_stops_everything(stack):
