@@ -3,9 +3,8 @@ with the same handler work, in the same run, driven by the same load generator.
 
     python -m bench runtime_echo [--seconds 5] [--conns 16] [--rounds 2] [--json out.json]
 
-The bare server runs aiohttp + uvloop with one route whose handler does what the template's
-does (read the JSON body, validate it with the same pydantic model, answer JSON) and nothing
-else: no request id, metrics, access log, error envelopes, internal token or body limit. The
+The bare server runs aiohttp + uvloop with one route whose handler is the template's (the same
+`parse_json` and pydantic model, the same counter, the same JSON answer) and nothing else: no request id, metrics, access log, error envelopes, internal token or body limit. The
 difference is the runtime's middleware cost (goal: ≤ 20%). Both run as separate processes; the
 targets alternate for `--rounds` rounds and the best round of each counts. Besides req/s, CPU
 time per request of the server process (from /proc/<pid>/stat) is reported: on a shared 2-core
@@ -34,10 +33,15 @@ BODY = json.dumps({"message": "hello", "repeat": 2})
 BARE = """
 import sys, uvloop
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from nexusd.runtime.validation import parse_json
 from nexusd.services.template import EchoRequest
 
-async def echo(request):
-    body = EchoRequest.model_validate_json(await request.read())
+echoes = Counter("echoes", "echo requests", registry=CollectorRegistry())
+
+async def echo(request):  # the template's handler, line for line
+    body = await parse_json(request, EchoRequest)
+    echoes.inc()
     text = " ".join([body.message] * body.repeat)
     return web.json_response({"object": "echo", "message": f"echo: {text}"})
 

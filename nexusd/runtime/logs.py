@@ -48,6 +48,10 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+# One encoder for every record: json.dumps(default=...) builds a new JSONEncoder per call.
+_encode = json.JSONEncoder(default=str).encode
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -66,7 +70,7 @@ class JsonFormatter(logging.Formatter):
                 doc[f] = v
         if record.exc_info:
             doc["exc"] = "".join(traceback.format_exception(*record.exc_info))
-        return json.dumps(doc, default=str)
+        return _encode(doc)
 
 
 class TextFormatter(logging.Formatter):
