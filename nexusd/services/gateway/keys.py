@@ -158,13 +158,20 @@ class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.keys: dict[str, ApiKey] = {}
+        # Authorization header -> key, for headers already verified against this set of keys:
+        # a client sends the same header on every request, so the hash runs once per key.
+        self._verified: dict[str, ApiKey] = {}
 
     def reload(self) -> int:
-        self.keys = read_keys(self.path)
-        return len(self.keys)
+        keys = read_keys(self.path)
+        self.keys, self._verified = keys, {}
+        return len(keys)
 
     def authenticate(self, authorization: str | None, now: float) -> tuple[ApiKey | None, str]:
         """The key for an `Authorization` header, or (None, why) — why is safe to show."""
+        key = self._verified.get(authorization) if authorization else None
+        if key is not None:
+            return (None, "API key expired") if key.expired(now) else (key, "")
         if not authorization or authorization[:7].lower() != "bearer ":
             return None, "Missing API key: send 'Authorization: Bearer <key>'"
         parts = split_key(authorization[7:].strip())
@@ -176,4 +183,6 @@ class KeyStore:
             return None, "Invalid API key"
         if key.expired(now):
             return None, "API key expired"
+        if len(self._verified) < 4096:  # bounded: only headers that matched a real key get here
+            self._verified[authorization] = key
         return key, ""
