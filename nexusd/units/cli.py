@@ -40,6 +40,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_packaging(args: argparse.Namespace) -> int:
+    from nexusd.units.packaging import SYSUSERS, TMPFILES, env_examples, manifest
+
+    out = Path(args.out)
+    files = {"sysusers.d/nexus.conf": SYSUSERS, "tmpfiles.d/nexus.conf": TMPFILES}
+    files.update({f"env/{name}": text for name, text in env_examples().items()})
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+        print(out / rel)
+    if args.manifest:
+        Path(args.manifest).write_text(manifest())
+        print(args.manifest)
+    return 0
+
+
 def _install(args: argparse.Namespace, uninstall: bool) -> int:
     from nexusd.units import install
 
@@ -62,6 +78,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--groups", default="", help="GPU groups present on the host, e.g. video,render")
     p.add_argument("--service", action="append", help="only this service (repeatable)")
     p.set_defaults(func=cmd_render)
+    p = sub.add_parser("packaging", help="write sysusers.d, tmpfiles.d and env examples for packagers")
+    p.add_argument("--out", default="packaging", help="directory (default %(default)s)")
+    p.add_argument("--manifest", help="also write the services manifest the NixOS module reads")
+    p.set_defaults(func=cmd_packaging)
     for name, undo, text in (("install", False, "install units, sysusers, tmpfiles and env files"),
                              ("uninstall", True, "stop, disable and remove what install wrote")):
         p = sub.add_parser(name, help=text)

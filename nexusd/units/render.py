@@ -230,7 +230,7 @@ def render_service(cls: type[Service], ctx: UnitContext) -> dict[str, str]:
     for path, content in cls.extra_unit_files(ctx).items():
         if path in files or path.startswith("/") or ".." in path.split("/"):
             raise ValueError(f"{cls.__name__}.extra_unit_files: bad path {path!r}")
-        files[path] = HEADER.format(unit=path) + content
+        files[path] = f"{MARKER} ({cls.__name__}.extra_unit_files): do not edit.\n" + content
     return files
 
 

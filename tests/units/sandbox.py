@@ -3,18 +3,20 @@ that its units can execute. Root only; callers skip with the reason `unavailable
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SCRIPT = HERE / "sandbox.sh"
-# Dependency wheels survive between runs here, so only the first run downloads from PyPI.
-WHEELS = Path(os.environ.get("NEXUS_TEST_WHEELS", "/var/cache/nexus-test-wheels"))
+# Dependency wheels and the venv survive between runs here: only the first run downloads.
+CACHE = Path(os.environ.get("NEXUS_TEST_SYSTEMD_CACHE", "/srv/nexus-test-systemd"))
+WHEELS = CACHE / "wheels"
+VENVS = CACHE
 # Debian's interpreter: the units run as a dynamic user, which cannot enter /root (pyenv).
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -32,24 +34,43 @@ def unavailable() -> str | None:
     return None
 
 
-def make_venv() -> Path:
-    """A world-readable venv with nexusd installed normally (with its dependencies), in a
-    directory that the sandbox sees (on /, not /tmp or /var/tmp: PrivateTmp= hides those)."""
-    base = Path(tempfile.mkdtemp(prefix="nexus-units-test-", dir="/srv"))
-    base.chmod(0o755)
-    venv = base / "venv"
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+def _build_wheel(out: Path) -> Path:
+    """nexusd's wheel from the working tree; without build isolation when setuptools is here."""
+    base = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "wheel", "--no-deps",
+            "-w", str(out), str(REPO)]
+    try:
+        import setuptools  # noqa: F401
+
+        cmd = [*base, "--no-build-isolation"]
+    except ImportError:
+        cmd = base
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # quiet unless it fails
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the nexusd wheel failed:\n{proc.stdout}\n{proc.stderr}")
+    return next(out.glob("nexusd-*.whl"))
+
+
+def make_venv(work: Path) -> Path:
+    """A world-readable venv with nexusd pip-installed (with its dependencies), in a directory
+    the sandbox sees and the units may execute: on /, not under /root (0700), /tmp or /var/tmp
+    (PrivateTmp= hides those). The venv with the dependencies is kept between runs, keyed by
+    pyproject.toml; nexusd itself is built and installed again every time."""
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    venv = VENVS / f"venv-{key}"
     pip = [str(venv / "bin/python"), "-m", "pip", "-q", "--disable-pip-version-check"]
+    wheel = _build_wheel(work)
     WHEELS.mkdir(parents=True, exist_ok=True)
-    build = base / "build"
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(build), str(REPO)], check=True,
-                   stdout=subprocess.DEVNULL)
-    wheel = next(build.glob("nexusd-*.whl"))
-    offline = [*pip, "install", "--no-index", "--find-links", str(WHEELS), str(wheel)]
-    if subprocess.run(offline, stderr=subprocess.DEVNULL).returncode != 0:
-        subprocess.run([*pip, "wheel", "-w", str(WHEELS), str(wheel)], check=True)  # fills the cache
-        subprocess.run(offline, check=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    offline = [*pip, "install", "--no-index", "--find-links", str(WHEELS)]
+    if not (venv / "bin/python").exists():
+        VENVS.mkdir(parents=True, exist_ok=True)
+        VENVS.chmod(0o755)
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+        if subprocess.run([*offline, str(wheel)], stderr=subprocess.DEVNULL).returncode != 0:
+            subprocess.run([*pip, "wheel", "-w", str(WHEELS), str(wheel)], check=True)  # fills the cache
+    # A normal install (dependencies resolved, here all present) and a fresh copy of nexusd.
+    subprocess.run([*offline, "--force-reinstall", "--no-deps", str(wheel)], check=True)
+    subprocess.run([*offline, str(wheel)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
     return venv
 
 

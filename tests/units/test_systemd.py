@@ -9,7 +9,6 @@ socket unit through a drop-in). The tests run in file order and share one sandbo
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.error
@@ -32,10 +31,8 @@ WATCHDOG_SEC = 2  # the drop-in shortens the rendered 30 s so the watchdog test 
 
 
 @pytest.fixture(scope="module")
-def venv():
-    path = make_venv()
-    yield path
-    shutil.rmtree(path.parent, ignore_errors=True)
+def venv(tmp_path_factory):
+    return make_venv(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
