@@ -108,7 +108,7 @@ class GatewayService(Service):
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
         await self.instances.start()
-        add_static(self.instances, self.settings.static_backends)
+        add_static(self.instances, self.settings.static_backends or {})
         if self.etcd is not None:
             await self.etcd.start()
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from nexusd.runtime.settings import ServiceSettings, service_config
 
@@ -34,15 +34,14 @@ class GatewaySettings(ServiceSettings):
                           description="Observability port: /health /readyz /metrics /v1/metadata")
     max_body: int = Field(4 << 20, gt=0, description="Request body limit in bytes")
     keys_file: Path = Field(Path("/etc/nexus/api-keys"), description="API keys file (hashes only); reloaded on SIGHUP")
-    static_backends: dict[str, str] = Field(
-        default_factory=env_base_urls,
-        description="Static backends, name -> base URL; default: every <NAME>_BASE_URL variable")
+    static_backends: dict[str, str] | None = Field(
+        None, description='Static backends, JSON {"name": "base URL"}; default: every <NAME>_BASE_URL variable')
     poll_interval: float = Field(2.0, gt=0, le=60, description="Seconds between /readyz polls of each instance")
     metadata_refresh: float = Field(30.0, gt=0, description="Seconds between /v1/metadata refetches")
     connect_timeout: float = Field(3.0, gt=0, le=60, description="Upstream connect timeout, seconds")
     read_timeout: float = Field(300.0, gt=0, description="Upstream read timeout (between bytes), seconds")
     read_timeouts: dict[str, float] = Field(
-        default_factory=dict, description='Per-operation read timeouts, JSON: {"images.generate": 600}')
+        {}, description='Per-operation read timeouts, JSON: {"images.generate": 600}')
     default_max_inflight: int = Field(256, ge=1, description="Per-instance concurrency when its metadata has none")
     default_max_queue: int = Field(1024, ge=0, description="Per-instance wait queue when its metadata has none")
     queue_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait for a slot, then 503")
@@ -52,3 +51,10 @@ class GatewaySettings(ServiceSettings):
     buffer_limit: int = Field(8 << 20, gt=0,
                               description="Answers with a known length up to this size are read whole; larger ones stream")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
+
+    @model_validator(mode="after")
+    def _backends_from_environment(self) -> GatewaySettings:
+        # Read once, with the other settings: the seed's <NAME>_BASE_URL convention.
+        if self.static_backends is None:
+            self.static_backends = env_base_urls()
+        return self
