@@ -74,5 +74,7 @@ async def _finish(future: asyncio.Future[T]) -> T:
         except asyncio.CancelledError:
             cancelled = True
     if cancelled:
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller cancelled and no longer wants it
         raise asyncio.CancelledError
     return future.result()
