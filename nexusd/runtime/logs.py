@@ -84,7 +84,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def _journal_field(name: str, value: object) -> bytes:
+def journal_field(name: str, value: object) -> bytes:
     data = str(value).encode()
     key = name.encode()
     if b"\n" in data:  # binary-safe form: NAME\n<le64 length><data>\n
@@ -107,22 +107,22 @@ class JournalHandler(logging.Handler):
             if record.exc_info:
                 msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
             parts = [
-                _journal_field("MESSAGE", msg),
-                _journal_field("PRIORITY", _PRIORITY.get(record.levelno, 6)),
-                _journal_field("SYSLOG_IDENTIFIER", f"nexus-{self.service}"),
-                _journal_field("NEXUS_SERVICE", self.service),
-                _journal_field("LOGGER", record.name),
-                _journal_field("CODE_FILE", record.pathname),
-                _journal_field("CODE_LINE", record.lineno),
-                _journal_field("CODE_FUNC", record.funcName),
+                journal_field("MESSAGE", msg),
+                journal_field("PRIORITY", _PRIORITY.get(record.levelno, 6)),
+                journal_field("SYSLOG_IDENTIFIER", f"nexus-{self.service}"),
+                journal_field("NEXUS_SERVICE", self.service),
+                journal_field("LOGGER", record.name),
+                journal_field("CODE_FILE", record.pathname),
+                journal_field("CODE_LINE", record.lineno),
+                journal_field("CODE_FUNC", record.funcName),
             ]
             rid = getattr(record, "request_id", None)
             if rid:
-                parts.append(_journal_field("REQUEST_ID", rid))
+                parts.append(journal_field("REQUEST_ID", rid))
             for f in FIELDS:
                 v = getattr(record, f, None)
                 if v is not None:
-                    parts.append(_journal_field(f.upper(), v))
+                    parts.append(journal_field(f.upper(), v))
             self.sock.sendto(b"".join(parts), self.address)
         except OSError:
             # The journal is gone or full; fall back to stderr rather than lose the record.
@@ -149,4 +149,7 @@ def setup_logging(service: str, fmt: str = "auto", level: str = "info") -> loggi
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").disabled = True  # our middleware writes access records
+    from nexusd.runtime import access
+
+    access.configure(service, fmt, os.environ.get("NEXUS_JOURNAL_SOCKET", JOURNAL_SOCKET))
     return handler

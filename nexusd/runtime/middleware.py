@@ -63,8 +63,13 @@ def make_middleware(
     internal_token: str,
     access: bool,
 ) -> Any:
-    observe = metrics.observe
-    inflight = metrics.inflight
+    stats = metrics.http
+    observe = stats.observe
+    from nexusd.runtime import access as access_records
+
+    # Decided once: the fast sink when logging was set up for a process, else logging itself.
+    sink = access_records.current_sink
+    access = access and access_log.isEnabledFor(logging.INFO)
 
     @web.middleware
     async def runtime_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -73,7 +78,7 @@ def make_middleware(
         start = time.perf_counter()
         route = request.match_info.route
         endpoint = endpoints.get(route)
-        inflight.inc()
+        stats.inflight += 1
         status = 500
         try:
             try:
@@ -105,12 +110,14 @@ def make_middleware(
                 response.headers[REQUEST_ID] = rid
             return response
         finally:
-            inflight.dec()
+            stats.inflight -= 1
             elapsed = time.perf_counter() - start
             resource = route.resource
             label = resource.canonical if resource is not None else "unmatched"
             observe(label, request.method, status, elapsed)
-            if access and access_log.isEnabledFor(logging.INFO):
+            if access and sink is not None:
+                sink(request.method, request.path, status, elapsed * 1000, rid)
+            elif access:
                 # makeRecord + handle rather than .info(): skips Logger.findCaller's stack walk
                 # (~25 µs a record, measured in bench/gateway), pointless for a record whose
                 # origin is always this line.
