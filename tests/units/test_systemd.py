@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -73,7 +72,7 @@ def main_pid(box: Sandbox) -> int:
 
 
 def test_install_writes_units_and_keeps_the_admins_env_file(box, venv, port):
-    assert f"kept    /etc/nexus/template.env" in box.installed
+    assert "kept    /etc/nexus/template.env" in box.installed
     assert (box.root / "etc/nexus/template.env").read_text().startswith(f"NEXUS_TEMPLATE_PORT={port}\n")
     unit = (box.root / "etc/systemd/system" / UNIT).read_text()
     assert f"ExecStart={venv}/bin/nexusd run template" in unit  # install passes the real binary
