@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
 
 import av
 import av.filter
@@ -69,7 +71,7 @@ class _Tempo:
     def __init__(self, factor: float, rate: int) -> None:
         self.graph = av.filter.Graph()
         node = self.graph.add_abuffer(format="flt", sample_rate=rate, layout="mono",
-                                      time_base=f"1/{rate}")
+                                      time_base=Fraction(1, rate))
         self.source = node
         factors = []
         while factor < 0.5:
@@ -85,9 +87,9 @@ class _Tempo:
         self.sink = sink
         self.graph.configure()
 
-    def process(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+    def process(self, frame: av.AudioFrame | None) -> list[Any]:
         self.source.push(frame)
-        frames = []
+        frames: list[Any] = []
         while True:
             try:
                 frames.append(self.sink.pull())
@@ -108,8 +110,8 @@ class AudioEncoder:
         self._tempo = _Tempo(tempo, in_rate) if abs(tempo - 1.0) > 1e-3 else None
         spec = self.format
         self._sink: _Sink | io.BytesIO = _Sink() if streamed else io.BytesIO()
-        self._container = None
-        self._stream = None
+        self._container: Any = None
+        self._stream: Any = None
         if spec.container is None:
             sample_format = "s16"
         else:
@@ -155,7 +157,7 @@ class AudioEncoder:
         self._closed = True
 
     def _feed(self, frame: av.AudioFrame | None) -> bytes:
-        frames: list[av.AudioFrame | None] = [frame]
+        frames: list[Any] = [frame]
         if self._tempo is not None:
             frames = self._tempo.process(frame)
             if frame is None:
@@ -168,7 +170,7 @@ class AudioEncoder:
                     raw += resampled.to_ndarray().tobytes()
                 else:
                     for packet in self._stream.encode(resampled):
-                        self._container.mux(packet)  # type: ignore[union-attr]
+                        self._container.mux(packet)
         if self._stream is None:  # pcm: no container
             if self.streamed:
                 return bytes(raw)

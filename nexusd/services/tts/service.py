@@ -20,7 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from nexusd.runtime import ApiError, Capabilities, Endpoint, ModelInfo, Resources, Service, parse_json
+from nexusd.runtime import (
+    ApiError,
+    Capabilities,
+    Endpoint,
+    ModelInfo,
+    Resources,
+    Service,
+    parse_json,
+)
 from nexusd.services.tts.audio import content_type
 from nexusd.services.tts.backends import Backend, load_backend_class
 from nexusd.services.tts.metrics import TTSMetrics

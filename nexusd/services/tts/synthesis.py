@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 
 from nexusd.services.tts.audio import AudioEncoder
@@ -51,7 +51,7 @@ class Synthesis:
     def audio_seconds(self) -> float:
         return self._encoder.seconds if self._encoder else 0.0
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Encoded audio, in order. Use inside `contextlib.aclosing` so that leaving early
         stops the worker."""
         loop = asyncio.get_running_loop()

@@ -49,7 +49,7 @@ class VoiceBook:
             {"id": name, "object": "voice", "kind": "openai", "backend_voice": target}
             for name, target in self.mapping.items() if target
         ]
-        names = getattr(self.backend, "voice_names", lambda: {})()
+        names: dict[str, str] = getattr(self.backend, "voice_names", dict)()
         for voice in self.backend.voices():
             item: dict[str, Any] = {"id": voice, "object": "voice", "kind": "native"}
             if voice in names:
