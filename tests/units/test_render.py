@@ -21,7 +21,7 @@ from nexusd.units.packaging import SYSUSERS, TMPFILES, manifest
 from nexusd.units.render import context, render_all, render_service
 
 REPO = Path(__file__).resolve().parents[2]
-RERENDER = "re-render with `nexusd units render --out units` (and see tests/units/README.md)"
+RERENDER = "re-render with `nexusd units render --out units` and `nexusd units packaging --out packaging --manifest nix/services.json` (docs/operations.md)"
 
 
 def tree(root: Path) -> dict[str, str]:
