@@ -10,7 +10,7 @@ import pytest
 
 from nexusd.services.tts.sentences import split_sentences
 from tests.helpers.net import async_wait_for
-from tests.services.tts.conftest import client_for, metric, rms
+from tests.services.tts.conftest import client_for, duration, metric, rms
 
 LONG = " ".join(f"This is sentence number {i}, spoken on its own." for i in range(1, 61))
 SENTENCES = len(split_sentences(LONG))
@@ -69,3 +69,22 @@ async def test_client_gone_stops_synthesis_and_frees_worker(espeak, stream_forma
         resp = await client.audio.speech.create(model="tts-1", voice="echo", input="Still here.",
                                                 response_format="wav")
         assert rms(resp.content, "wav") > 0.01
+
+
+async def test_concurrent_requests_interleave_without_mixing(espeak):
+    """Two long requests share the one worker sentence by sentence; each gets its own stream."""
+
+    async def one(fmt: str, voice: str) -> bytes:
+        async with client_for(espeak) as client:
+            async with client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice=voice, input=LONG[:1500], response_format=fmt, stream_format="audio",
+            ) as resp:
+                return await resp.read()
+
+    alone = await one("wav", "alloy")
+    wav, flac = await asyncio.gather(one("wav", "alloy"), one("flac", "alloy"))
+    # eSpeak varies by a few samples from call to call, so compare durations, not bytes.
+    assert abs(duration(wav, "wav") - duration(alone, "wav")) < 0.02 * duration(alone, "wav")
+    assert wav.count(b"RIFF") == 1 and b"fLaC" not in wav  # nothing of the other stream in it
+    assert abs(duration(flac, "flac") - duration(alone, "wav")) < 0.02 * duration(alone, "wav")
+    assert rms(flac, "flac") > 0.01
