@@ -36,8 +36,13 @@ def unavailable() -> str | None:
 
 def _build_wheel(out: Path) -> Path:
     """nexusd's wheel from the working tree; without build isolation when setuptools is here."""
+    # From a clean copy of what the wheel holds: an in-tree build/ could carry stale modules.
+    src = out / "src"
+    shutil.copytree(REPO / "nexusd", src / "nexusd", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     base = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "wheel", "--no-deps",
-            "-w", str(out), str(REPO)]
+            "-w", str(out), str(src)]
     try:
         import setuptools  # noqa: F401
 
