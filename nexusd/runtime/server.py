@@ -70,10 +70,11 @@ class Server:
                 sock = next(iter(inherited.values()))
             site: web.BaseSite
             if sock is not None:
-                site = web.SockSite(runner, sock)
+                site = web.SockSite(runner, sock, ssl_context=listener.ssl_context)
                 log.info("serving %s on inherited socket %s", listener.name, sock.getsockname())
             else:
-                site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True)
+                site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True,
+                                   ssl_context=listener.ssl_context)
             await site.start()
             server = getattr(site, "_server", None)
             actual = server.sockets[0].getsockname() if server and server.sockets else (listener.host, listener.port)

@@ -53,6 +53,7 @@ class Listener:
     port: int
     observability: bool = True  # serve /health, /readyz, /metrics, /v1/metadata here
     api: bool = True  # serve the service's endpoints here
+    ssl_context: Any = None  # an ssl.SSLContext: serve HTTPS on this socket
 
 
 class Service:

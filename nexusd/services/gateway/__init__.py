@@ -10,6 +10,7 @@ proxy (relay and SSE), aggregation (/v1/models, files, report), metrics.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
@@ -70,8 +71,19 @@ class GatewayService(Service):
     # --- what the runtime asks -----------------------------------------------------------
     def listeners(self) -> list[Listener]:
         s = self.settings
-        return [Listener("api", s.host, s.port, observability=False),
+        return [Listener("api", s.host, s.port, observability=False, ssl_context=self._tls()),
                 Listener("obs", s.obs_host, s.obs_port, api=False)]
+
+    def _tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"NEXUS_GATEWAY_TLS_CERT/_KEY: cannot load: {exc}") from None
+        return ctx
 
     def middlewares(self, listener: Listener) -> list[Any]:
         return [self._auth] if listener.name == "api" else []
