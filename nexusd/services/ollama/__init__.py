@@ -40,8 +40,10 @@ class OllamaService(Service):
     Settings = OllamaSettings
     description = "LLM: OpenAI chat/completions/embeddings over an Ollama daemon or embedded llama.cpp"
     capabilities = Capabilities(domains=["llm"], modalities=["text"], streaming=True)
-    # A GPU host running 7-13B models; override with NEXUS_OLLAMA_CPU/_MEMORY/_GPU/_GPU_MEMORY.
-    default_resources = Resources(cpu="8", memory="32Gi", gpu="nvidia-gpu", gpu_memory="24Gi")
+    # A GPU host running 7-13B models; override with NEXUS_OLLAMA_CPU/_MEMORY/_GPU. No gpu_memory:
+    # the runtime enforces it through torch, which neither Ollama nor llama.cpp uses (importing
+    # torch here only costs start time and memory); llama.cpp's share is n_gpu_layers + context.
+    default_resources = Resources(cpu="8", memory="32Gi", gpu="nvidia-gpu")
     watchdog_sec = 30
     settings: OllamaSettings
 

@@ -111,10 +111,10 @@ class LlamaCppEngine(Engine):
                 log.error("loading %s from %s failed: %s", m.name, m.path, m.error)
 
     def _llama_args(self) -> dict[str, Any]:
-        import llama_cpp
-
+        # n_gpu_layers is passed as configured: a build without a GPU backend ignores it. The
+        # backend is asked whether it offloads only after a model is loaded (see _load).
         args: dict[str, Any] = {"n_ctx": self.settings.context, "verbose": False,
-                                "n_gpu_layers": self.settings.gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0}
+                                "n_gpu_layers": self.settings.gpu_layers}
         if self.settings.threads:
             args["n_threads"] = args["n_threads_batch"] = self.settings.threads
         return args
@@ -134,10 +134,10 @@ class LlamaCppEngine(Engine):
         else:  # no template in the file: ChatML, the most common convention
             m.formatter = fmt.format_chatml
         vocab = llm._model.vocab
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
         m.info = {"file": os.path.basename(m.path), "n_ctx": llm.n_ctx(), "n_embd": llm.n_embd(),
-                  "n_vocab": llm.n_vocab(), "chat_template": bool(template),
-                  "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-                  "n_gpu_layers": self._llama_args()["n_gpu_layers"],
+                  "n_vocab": llm.n_vocab(), "chat_template": bool(template), "gpu_offload": offload,
+                  "n_gpu_layers": self.settings.gpu_layers if offload else 0,
                   "is_eog": lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t))}
         m.llm = llm
 
