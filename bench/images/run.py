@@ -195,9 +195,9 @@ def main() -> int:
             print(json.dumps({"stub": results["stub"]}), flush=True)
         model = args.model
         if model is None:
-            from tests.services.images.tiny_pipeline import build_tiny_pipeline
-
             import torch
+
+            from tests.services.images.tiny_pipeline import build_tiny_pipeline
 
             dtype = torch.float16 if args.build == "sd15" and torch.cuda.is_available() else None
             started = time.perf_counter()

@@ -14,14 +14,27 @@ from typing import Any
 
 from aiohttp import web
 
-from nexusd.runtime import ApiError, Capabilities, Concurrency, Endpoint, ModelInfo, Resources, Service
+from nexusd.runtime import (
+    ApiError,
+    Capabilities,
+    Concurrency,
+    Endpoint,
+    ModelInfo,
+    Resources,
+    Service,
+)
 from nexusd.runtime.validation import parse_json
 from nexusd.services.images.backends import Backend, Job, JobCancelled, load_backend, model_id
 from nexusd.services.images.files import FileStore
 from nexusd.services.images.metrics import ImagesMetrics
 from nexusd.services.images.queue import JobQueue
 from nexusd.services.images.request import (
-    MAX_SEED, OPENAI_SIZES, GenerationRequest, check_bounds, parse_size, resolve_steps,
+    MAX_SEED,
+    OPENAI_SIZES,
+    GenerationRequest,
+    check_bounds,
+    parse_size,
+    resolve_steps,
 )
 from nexusd.services.images.settings import ImagesSettings
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from nexusd.runtime.errors import ApiError
-from nexusd.services.images.request import GenerationRequest, check_bounds, parse_size, resolve_steps
+from nexusd.services.images.request import (
+    GenerationRequest,
+    check_bounds,
+    parse_size,
+    resolve_steps,
+)
 from nexusd.services.images.settings import ImagesSettings
 from tests.helpers.proc import run_service
 

@@ -9,7 +9,6 @@ step callback reports progress and stops the denoising loop once the job is canc
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
