@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--workloads", default="chat,sse50")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
-    ap.add_argument("--py-spy", metavar="OUT", help="profile the gateway with py-spy (speedscope JSON)")
+    ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from nexusd.services.gateway.keys import new_key, write_keys
@@ -171,7 +171,8 @@ def main() -> None:
         targets = [t for t in targets if t[0] in args.targets.split(",")]
         spy = None
         if args.py_spy:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-o", args.py_spy,
+            pid = targets[-1][2]  # the last selected target: the gateway unless --targets says otherwise
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", args.py_spy,
                                     "-f", "speedscope", "-r", "200"])
         for stream in (False, True):
             if ("sse50" if stream else "chat") not in args.workloads.split(","):

