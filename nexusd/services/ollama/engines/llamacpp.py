@@ -302,10 +302,16 @@ class LlamaCppEngine(Engine):
             resp = await start_sse(request)
             await resp.write(chunk("", role=True) if chat else chunk(echo) if echo else b"")
             while item is not _END:
-                await resp.write(chunk(item))
+                pending = [chunk(item)]
+                item = queue.get_nowait() if not queue.empty() else None
+                while item is not None and item is not _END:  # behind? send what queued in one write
+                    pending.append(chunk(item))
+                    item = queue.get_nowait() if not queue.empty() else None
+                await resp.write(b"".join(pending))
                 if client_gone(request):
                     raise ConnectionResetError
-                item = await queue.get()
+                if item is None:
+                    item = await queue.get()
             result = await fut
             await resp.write(chunk(None if chat else "", result.finish_reason))
             if body.include_usage:
