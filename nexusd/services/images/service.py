@@ -135,6 +135,8 @@ class ImagesService(Service):
         self.backend = backend
 
     async def stop(self) -> None:
+        if not hasattr(self, "queue"):  # start() never ran
+            return
         self.loader.cancel()
         self.sweeper.cancel()
         for job in list(self.jobs):  # requests still running after the drain stop at their next step
