@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers.net import wait_for
 from tests.helpers.proc import run_service
-from tests.services.ollama.test_ollama_engine import http, metric, post_json
+from tests.services.ollama.support import http, metric, post_json
 
 pytest.importorskip("llama_cpp")
 from nexusd.services.ollama.engines.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402

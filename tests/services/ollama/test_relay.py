@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.net import free_port, wait_for
 from tests.helpers.proc import run_service
-from tests.services.ollama.test_ollama_engine import metric
+from tests.services.ollama.support import metric
 
 pytest.importorskip("llama_cpp.server.app")
 from nexusd.services.ollama.engines.llamacpp import default_gguf  # noqa: E402
