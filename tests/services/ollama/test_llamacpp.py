@@ -135,13 +135,7 @@ def test_queue_full_is_429_and_a_cancelled_stream_frees_the_slot(svc, client):
     assert e.value.code == "queue_full" and e.value.response.headers["Retry-After"] == "1"
     conn.close()  # the client leaves mid-stream
 
-    def served():
-        try:
-            return client.chat.completions.create(model=DEFAULT_NAME, messages=MSGS, max_tokens=2)
-        except openai.RateLimitError:
-            return None
-
-    r = wait_for(served, timeout=60, what="the slot to be freed")
+    r = wait_for(lambda: _served(client), timeout=60, what="the slot to be freed")
     assert r.usage.completion_tokens <= 2
     assert metric(svc, "nexus_llm_cancelled_total", model=DEFAULT_NAME) == 1
     cancelled_gen = metric(svc, "nexus_llm_generated_tokens_total", model=DEFAULT_NAME) - generated - r.usage.completion_tokens
@@ -173,3 +167,35 @@ def test_bad_input_is_an_envelope_and_the_service_keeps_serving(svc, client):
     assert status == 415 and json.loads(raw)["error"]["code"] == "unsupported_media_type"
     r = client.chat.completions.create(model=DEFAULT_NAME, messages=MSGS, max_tokens=2)
     assert r.usage.completion_tokens <= 2
+
+
+def test_a_client_that_leaves_a_non_streamed_request_stops_it(svc, client):
+    cancelled = metric(svc, "nexus_llm_cancelled_total", model=DEFAULT_NAME)
+    generated = metric(svc, "nexus_llm_generated_tokens_total", model=DEFAULT_NAME)
+    body = json.dumps({"messages": MSGS, "max_tokens": 400, "logit_bias": _eog_bias()})
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=60) as conn:
+        conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        # The generation has started once tokens are being produced.
+        wait_for(lambda: metric(svc, "nexus_llm_queue_depth", model=DEFAULT_NAME) == 0
+                 and _busy(client), timeout=30, what="the generation to hold the slot")
+    wait_for(lambda: metric(svc, "nexus_llm_cancelled_total", model=DEFAULT_NAME) == cancelled + 1,
+             timeout=60, what="the cancel to be counted")
+    r = wait_for(lambda: _served(client), timeout=60, what="the slot to be freed")
+    stopped_at = metric(svc, "nexus_llm_generated_tokens_total", model=DEFAULT_NAME) - generated - r.usage.completion_tokens
+    assert 0 <= stopped_at < 400
+
+
+def _busy(client) -> bool:
+    try:
+        client.chat.completions.create(model=DEFAULT_NAME, messages=MSGS, max_tokens=1)
+    except openai.RateLimitError:
+        return True
+    return False
+
+
+def _served(client):
+    try:
+        return client.chat.completions.create(model=DEFAULT_NAME, messages=MSGS, max_tokens=2)
+    except openai.RateLimitError:
+        return None
