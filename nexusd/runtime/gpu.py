@@ -4,6 +4,7 @@ per-process memory fraction. A no-op without torch or CUDA."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from nexusd.runtime.cgroup import parse_bytes
 
@@ -11,13 +12,15 @@ log = logging.getLogger("nexusd.gpu")
 
 
 def apply_gpu_memory_limit(limit: str | None, device: int = 0) -> float | None:
-    """Returns the fraction applied, or None when nothing was applied."""
-    if not limit:
+    """Returns the fraction applied, or None when nothing was applied.
+
+    Only a process that already imported torch gets the cap: importing torch here would cost a
+    service without a torch backend (the images stub, tts espeak) seconds and hundreds of MB.
+    Backends that load torch call this themselves right after (images' diffusers backend)."""
+    if not limit or "torch" not in sys.modules:
         return None
-    try:
-        import torch
-    except ImportError:
-        return None
+    import torch
+
     if not torch.cuda.is_available():
         return None
     total = torch.cuda.get_device_properties(device).total_memory

@@ -94,8 +94,10 @@ class Server:
 
     async def start(self) -> None:
         self.runtime.status("starting")
-        apply_gpu_memory_limit(self.shared.gpu_memory or self.service.resources.gpu_memory)
         await self.service.start()
+        # A safety net for services whose module imported torch; backends that load torch later
+        # apply the cap themselves (see runtime/gpu.py).
+        apply_gpu_memory_limit(self.shared.gpu_memory or self.service.resources.gpu_memory)
 
     async def wait_ready(self) -> None:
         """READY=1 once the checks pass, or at the start timeout (then /readyz stays 503)."""
