@@ -8,7 +8,7 @@ import ssl
 import subprocess
 import sys
 
-import httpx
+import aiohttp
 import openai
 import pytest
 
@@ -34,16 +34,19 @@ async def test_https_api_port(tmp_path, cert):
                              tls_cert=str(cert[0]), tls_key=str(cert[1])) as gw:
         port = gw.bound["api"][1]
         verify = ssl.create_default_context(cafile=str(cert[0]))
-        async with httpx.AsyncClient(verify=verify) as http:
+        # the openai client's own HTTP stack (httpx or its successor), told to trust our CA
+        async with openai.DefaultAsyncHttpxClient(verify=verify) as http:
             client = openai.AsyncOpenAI(base_url=f"https://127.0.0.1:{port}/v1", api_key=key,
                                         http_client=http, max_retries=0)
             assert (await client.models.list()).data == []
             with pytest.raises(openai.AuthenticationError):
                 await openai.AsyncOpenAI(base_url=f"https://127.0.0.1:{port}/v1", api_key="nx-bad",
                                          http_client=http, max_retries=0).models.list()
-            # plain HTTP on the TLS port gets nowhere
-            with pytest.raises(httpx.HTTPError):
-                await http.get(f"http://127.0.0.1:{port}/health")
+        # plain HTTP on the TLS port gets nowhere
+        async with aiohttp.ClientSession() as plain:
+            with pytest.raises(aiohttp.ClientError):
+                async with plain.get(f"http://127.0.0.1:{port}/health") as r:
+                    await r.read()
 
 
 def test_unloadable_certificate_exits_78(tmp_path):
