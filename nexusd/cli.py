@@ -14,6 +14,7 @@ from nexusd.services import load_service, service_names
 EXTENSIONS: list[str] = [
     "nexusd.dev.command",
     "nexusd.demo",
+    "nexusd.status",
     "nexusd.units.cli",
     "nexusd.services.gateway.cli",
 ]

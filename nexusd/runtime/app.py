@@ -85,13 +85,13 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
         app.router.add_get("/readyz", routes.readyz, allow_head=False)
         app.router.add_get("/metrics", routes.metrics, allow_head=False)
         app.router.add_get("/v1/metadata", routes.metadata, allow_head=False)
-    if listener.api:
-        for ep in service.endpoints():
-            if ep.listener != listener.name:
-                continue
-            route = app.router.add_route(ep.method, ep.path, ep.handler)
-            # Every endpoint gets an explicit limit so the middleware always applies it.
-            endpoints[route] = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
+    for ep in service.endpoints():
+        # An endpoint is served on the listener it names (e.g. the gateway's status page on "obs").
+        if ep.listener != listener.name:
+            continue
+        route = app.router.add_route(ep.method, ep.path, ep.handler)
+        # Every endpoint gets an explicit limit so the middleware always applies it.
+        endpoints[route] = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
     _maybe_add_test_hooks(app)
     app.on_response_prepare.append(add_request_id_header)
     return app

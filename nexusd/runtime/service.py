@@ -52,7 +52,7 @@ class Listener:
     host: str
     port: int
     observability: bool = True  # serve /health, /readyz, /metrics, /v1/metadata here
-    api: bool = True  # serve the service's endpoints here
+    api: bool = True  # informational: endpoints are served on the listener they name
     ssl_context: Any = None  # an ssl.SSLContext: serve HTTPS on this socket
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -127,6 +128,20 @@ def test_status_page_in_headless_chromium(stack, tmp_path):
     subprocess.run(["chromium", *flags, "--window-size=1400,900", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_status_cli_reads_the_gateway(stack):
+    obs = re.search(r"status page: (http://\S+?)/?$", stack.output(), re.M).group(1)
+    wait_for(lambda: subprocess.run([sys.executable, "-m", "nexusd.cli", "status", "--gateway", obs],
+                                    capture_output=True, timeout=30).returncode == 0,
+             timeout=60, what="every instance ready in nexusd status")
+    out = subprocess.run([sys.executable, "-m", "nexusd.cli", "status", "--gateway", obs, "--json"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    services = json.loads(out)["services"]
+    assert {"ollama", "images", "tts"} <= set(services)
+    images = services["images"][0]
+    assert images["state"] == "ready" and images["models"] and images["resources"]["memory"]
+    assert "status" in images["limits"]  # unenforced outside systemd, matching under it
 
 
 def test_sigint_stops_everything(stack):

@@ -27,6 +27,7 @@ from nexusd.services.gateway.proxy import Proxy
 from nexusd.services.gateway.ratelimit import RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings
+from nexusd.services.gateway.statuspage import RecentErrors, status_handler
 
 log = logging.getLogger("nexusd.gateway")
 
@@ -67,6 +68,8 @@ class GatewayService(Service):
         registry.register(InstanceCollector(self._snapshot))
         # Handlers are bound once, so the auth middleware can recognise the public one by identity.
         self._image_file = self.aggregation.image_file
+        self.recent_errors = RecentErrors()
+        self._status_page = status_handler(self.aggregation.report, self.recent_errors, self.version)
         self._auth = make_auth_middleware(self.keys, self.limiter, {self._image_file}, self._rejected)
 
     # --- what the runtime asks -----------------------------------------------------------
@@ -103,6 +106,8 @@ class GatewayService(Service):
             Endpoint("GET", "/v1/images/files/{file_id}", self._image_file, "images.files", public=True),
             # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
             Endpoint("*", "/{tail:.*}", relay, "gateway.relay", listed=False),
+            # 8801: the operators' status page (server-rendered, refreshes itself).
+            Endpoint("GET", "/", self._status_page, "gateway.status", listed=False, listener="obs"),
         ]
 
     def models(self) -> list[ModelInfo]:
@@ -117,6 +122,7 @@ class GatewayService(Service):
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        logging.getLogger().addHandler(self.recent_errors)
         self._load_keys()
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
@@ -133,6 +139,7 @@ class GatewayService(Service):
         gc.set_threshold(7000, 50, 100)
 
     async def stop(self) -> None:
+        logging.getLogger().removeHandler(self.recent_errors)
         if self.etcd is not None:
             await self.etcd.stop()
         await self.instances.stop()

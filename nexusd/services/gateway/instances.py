@@ -59,6 +59,10 @@ class Instance:
             "outstanding": self.outstanding, "queued": len(self.waiters),
             "max_inflight": self.max_inflight, "max_queue": self.max_queue,
             "served": self.served, "last_error": self.last_error or None,
+            # what the instance declares and what its cgroup enforces (for `nexusd status`)
+            "models": [m["id"] for m in (self.metadata or {}).get("models", [])],
+            "resources": (self.metadata or {}).get("resources"),
+            "limits": (self.metadata or {}).get("limits"),
         }
 
 

@@ -136,15 +136,27 @@ def read_keys(path: Path) -> dict[str, ApiKey]:
 
 
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Atomically replace the file (same directory, mode 0600), so a reload never sees half."""
+    """Atomically replace the file (same directory), so a reload never sees half.
+
+    A new file is 0600. An existing one keeps its mode, owner and group: packaging makes
+    /etc/nexus/api-keys 0640 root:nexus (tmpfiles.d) so the gateway's unprivileged user can read
+    it, and `nexusd keys add` run as root must not take that away."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.stat(path)
+        mode, owner = st.st_mode & 0o777, (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        mode, owner = 0o600, None
     fd, tmp = tempfile.mkstemp(prefix=".api-keys.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write("# nexusd API keys: one JSON object per line, secrets stored as SHA-256 only\n")
             for key in keys:
                 f.write(json.dumps(key.to_json(), separators=(",", ":")) + "\n")
-        os.chmod(tmp, 0o600)
+        if owner is not None and hasattr(os, "chown"):
+            with contextlib.suppress(PermissionError):  # not root: the file stays ours
+                os.chown(tmp, *owner)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

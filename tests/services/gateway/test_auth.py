@@ -89,3 +89,20 @@ async def test_backend_never_sees_client_key(gateway, keys, backend):
     assert key not in repr(seen)
     assert lowered["x-nexus-internal-token"] == INTERNAL
     assert lowered["x-request-id"] == "trace-me-123"
+
+
+def test_rewriting_the_keys_file_keeps_its_mode_and_group(tmp_path):
+    """tmpfiles.d makes /etc/nexus/api-keys 0640 root:nexus so the gateway's user can read it;
+    `nexusd keys add` must not reset that to 0600 (the gateway would lose its keys)."""
+    import os
+    import stat
+
+    from nexusd.services.gateway.keys import new_key, read_keys, write_keys
+
+    path = tmp_path / "api-keys"
+    write_keys(path, [])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # a new file is private
+    os.chmod(path, 0o640)
+    write_keys(path, [new_key("alice")[1]])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert [k.name for k in read_keys(path).values()] == ["alice"]
