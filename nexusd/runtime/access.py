@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from nexusd.runtime.logs import journal_field
 
@@ -26,7 +27,7 @@ AccessSink = Callable[[str, str, int, float, str], None]
 class _BufferedLines:
     """Collects lines and writes them once per loop iteration: one syscall for a burst."""
 
-    def __init__(self, stream=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.lines: list[str] = []
         self.scheduled = False
@@ -56,7 +57,7 @@ def _plain(s: str) -> bool:
     return s.isprintable() and '"' not in s and "\\" not in s
 
 
-def json_sink(service: str, stream=None) -> AccessSink:  # type: ignore[no-untyped-def]
+def json_sink(service: str, stream: Any = None) -> AccessSink:
     out = _BufferedLines(stream)
     head = f'{{"ts":%.6f,"level":"info","service":{json.dumps(service)},"logger":"nexusd.access","msg":'
     dumps = json.dumps
@@ -73,7 +74,7 @@ def json_sink(service: str, stream=None) -> AccessSink:  # type: ignore[no-untyp
     return sink
 
 
-def text_sink(service: str, stream=None) -> AccessSink:  # type: ignore[no-untyped-def]
+def text_sink(service: str, stream: Any = None) -> AccessSink:
     out = _BufferedLines(stream)
 
     def sink(method: str, path: str, status: int, ms: float, rid: str) -> None:

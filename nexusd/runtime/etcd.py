@@ -6,7 +6,9 @@ one in its place. Not `etcd3`: 0.12 fails to import with protobuf >= 4 and is sy
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aetcd
@@ -52,3 +54,12 @@ def etcd_client(shared: SharedSettings, endpoint: str | None = None, timeout: in
         timeout=timeout,
         credentials=credentials,
     )
+
+
+async def close_quietly(client: Any) -> None:
+    """Close a client whose channel may already be broken (etcd restarted); never raises."""
+    if client is not None:
+        try:
+            await asyncio.wait_for(client.close(), 2)
+        except Exception:  # noqa: BLE001 - a broken channel may fail to close; drop it
+            pass

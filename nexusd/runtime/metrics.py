@@ -16,7 +16,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class RequestStats(Collector):
@@ -48,10 +48,12 @@ class RequestStats(Collector):
         latency = HistogramMetricFamily("nexus_http_request_duration_seconds",
                                         "Time until the handler returned the response", labels=["route"])
         for route, hist in list(self.histograms.items()):
-            cumulative, buckets = 0.0, []
-            for bound, n in zip((*self.buckets, float("inf")), hist[:-1], strict=True):
-                cumulative += n
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            bounds = [str(b) for b in self.buckets] + ["+Inf"]
+            for bound, count in zip(bounds, hist[:-1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
             latency.add_metric([route], buckets, hist[-1])
         yield latency
         yield GaugeMetricFamily("nexus_http_inflight_requests", "Requests being handled", value=self.inflight)

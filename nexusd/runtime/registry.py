@@ -77,12 +77,10 @@ class EtcdRegistry:
                 backoff = min(backoff * 2, self.ttl / 3)
 
     async def _reset_client(self) -> None:
+        from nexusd.runtime.etcd import close_quietly
+
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                await asyncio.wait_for(client.close(), 2)
-            except Exception:  # noqa: BLE001 - a broken channel may fail to close; drop it
-                pass
+        await close_quietly(client)
 
     async def stop(self) -> None:
         if self._task is not None:

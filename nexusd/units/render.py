@@ -51,7 +51,7 @@ class UnitContext:
 def defaults(settings_cls: type[Any]) -> Any:
     """Settings built from the field defaults alone (no environment, no .env file)."""
 
-    class _Defaults(settings_cls):  # type: ignore[misc, valid-type]
+    class _Defaults(settings_cls):
         @classmethod
         def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
             return (init_settings,)

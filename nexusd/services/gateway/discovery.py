@@ -60,12 +60,10 @@ class EtcdDiscovery:
         await self._close()
 
     async def _close(self) -> None:
+        from nexusd.runtime.etcd import close_quietly
+
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                await asyncio.wait_for(client.close(), 2)
-            except Exception:  # noqa: BLE001 - a broken channel may fail to close; drop it
-                pass
+        await close_quietly(client)
 
     async def _run(self) -> None:
         import aetcd.exceptions
