@@ -12,7 +12,9 @@ import pytest
 
 from nexusd import __version__
 from nexusd.cli import main
-from nexusd.services import service_names
+from nexusd.runtime.envfile import env_example
+from nexusd.runtime.settings import SharedSettings, load_settings
+from nexusd.services import load_service, service_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +34,18 @@ def test_env_example_is_generated_from_the_settings(capsys):
     assert "#NEXUS_ETCD_ENDPOINTS=" in lines and "#NEXUS_ACCESS_LOG=1" in lines
     assert "# Prefix added to every echo" in lines  # field descriptions become comments
 
+
+
+@pytest.mark.parametrize("name", service_names())
+def test_env_example_uncommented_as_is_is_a_valid_config(name, monkeypatch):
+    # An admin who uncomments a line without changing it must not get exit 78.
+    cls = load_service(name)
+    for line in env_example(cls).splitlines():
+        if line.startswith("#NEXUS_"):
+            var, _, value = line[1:].partition("=")
+            monkeypatch.setenv(var, value)
+    load_settings(cls.Settings)
+    load_settings(SharedSettings)
 
 def test_metadata_without_serving_validates(capsys):
     assert main(["metadata", "template"]) == 0

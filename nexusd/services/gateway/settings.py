@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nexusd.runtime.settings import ServiceSettings, service_config
 
@@ -54,6 +54,13 @@ class GatewaySettings(ServiceSettings):
                                           "looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
     tls_key: str = Field("", description="HTTPS on the API port: private key (PEM), as tls_cert")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
+
+    @field_validator("static_backends", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # The generated env file lists it as `NEXUS_GATEWAY_STATIC_BACKENDS=`: uncommented, it
+        # must mean "not set" (the <NAME>_BASE_URL default), not an invalid dict.
+        return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")
     def _backends_from_environment(self) -> GatewaySettings:
