@@ -42,6 +42,19 @@ def test_key_shape_and_lookup(tmp_path):
     assert store.authenticate(f"Bearer {plain}", 0)[0] is None
 
 
+def test_a_broken_file_on_reload_keeps_the_previous_keys(tmp_path):
+    """docs/gateway.md: a reload (SIGHUP) that finds the file broken keeps the keys it had."""
+    plain, record = new_key("a")
+    path = tmp_path / "k"
+    write_keys(path, [record])
+    store = KeyStore(path)
+    store.reload()
+    path.write_text("{half a line\n")
+    with pytest.raises(KeyFileError):
+        store.reload()
+    assert store.authenticate(f"Bearer {plain}", 0)[0] == record
+
+
 @pytest.mark.parametrize("line", [
     "{not json", '{"id": "a"}', '{"id": "a", "sha256": "zz", "name": "n"}',
     '{"id": "a", "sha256": "' + "0" * 64 + '", "name": "n", "rpm": 0}',
