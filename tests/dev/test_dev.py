@@ -144,6 +144,24 @@ def test_status_cli_reads_the_gateway(stack):
     assert "status" in images["limits"]  # unenforced outside systemd, matching under it
 
 
+
+def test_demo_writes_the_image_and_the_audio(stack, tmp_path):
+    env = {**os.environ, "OPENAI_BASE_URL": stack.exported("OPENAI_BASE_URL"),
+           "OPENAI_API_KEY": stack.exported("OPENAI_API_KEY")}
+    out = subprocess.run([sys.executable, "-m", "nexusd.cli", "demo", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    png, mp3 = tmp_path.resolve() / "nexus-demo.png", tmp_path.resolve() / "nexus-demo.mp3"
+    assert re.search(r"^chat \(.+\): ['\"].+['\"]$", out.stdout, re.M), out.stdout
+    assert f"image: {png}" in out.stdout and f"speech: {mp3}" in out.stdout  # printed where
+    assert png.read_bytes().startswith(b"\x89PNG")
+    import av
+
+    with av.open(str(mp3)) as container:
+        assert container.format.name == "mp3"
+        assert sum(1 for _ in container.decode(audio=0)) > 0
+
+
 def test_sigint_stops_everything(stack):
     pids = stack.pids()
     assert pids and all(alive(p) for p in pids.values())
