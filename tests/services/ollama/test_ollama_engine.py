@@ -164,6 +164,9 @@ def test_usage_metrics_bounds_and_ps_gauges(double, tmp_path):
         assert metric(svc, "nexus_llm_prompt_tokens_total", model="tinyllama") == 4 * 11
         assert metric(svc, "nexus_llm_completion_tokens_total", model="tinyllama") == 4 * 3
         assert metric(svc, "nexus_llm_prompt_tokens_total", model="tinyllama:latest") == 11
+        # Time to first token: the two streams; tokens/s: all four tinyllama answers (3 tokens each).
+        assert metric(svc, "nexus_llm_time_to_first_token_seconds_count", model="tinyllama") == 2
+        assert metric(svc, "nexus_llm_tokens_per_second_count", model="tinyllama") == 4
         e = c.embeddings.create(model="all-minilm", input=["a", "b"])
         assert len(e.data) == 2 and metric(svc, "nexus_llm_prompt_tokens_total", model="all-minilm") == 8
         wait_for(lambda: metric(svc, "nexus_ollama_loaded_models") == 1, timeout=10, what="ps gauge")
