@@ -60,6 +60,7 @@ def test_unknown_service_is_an_error():
 
 
 def test_version_from_the_installed_command():
-    out = subprocess.run([sys.executable, "-m", "nexusd.cli", "--version"], capture_output=True,
-                         text=True, cwd=REPO, timeout=60)
+    script = Path(sys.executable).parent / "nexusd"  # the [project.scripts] console script
+    assert script.exists(), "nexusd is not installed in this venv"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == f"nexusd {__version__}"
