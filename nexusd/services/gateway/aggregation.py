@@ -51,12 +51,11 @@ class Aggregation:
         unguessable token that instance checks), so no API key is needed here."""
         file_id = request.match_info["file_id"]
         proxy = self.gateway.proxy
-        owner = [i for i in self.gateway.instances.routable()
-                 if i.instance_id and file_id.startswith(i.instance_id)]
+        maker = file_id.partition(".")[0]  # `<instance_id>.<token>.<ext>`; ids never contain "."
+        owner = [i for i in self.gateway.instances.routable() if i.instance_id == maker]
         if not owner:
             raise no_instance("The instance that generated this file is not available") \
-                if any(file_id.startswith(i.instance_id) for i in self.gateway.instances.instances.values()
-                       if i.instance_id) \
+                if any(i.instance_id == maker for i in self.gateway.instances.instances.values()) \
                 else ApiError(404, "No such file", code="not_found")
         anonymous = ApiKey(id="", sha256="", name="capability-url")
         return await proxy.forward(request, FILES_ROUTE, owner, b"", "", anonymous)

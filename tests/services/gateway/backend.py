@@ -189,7 +189,7 @@ class OpenAIDouble(Service):
             if body.response_format == "b64_json":
                 data.append({"b64_json": base64.b64encode(PNG).decode()})
             else:
-                file_id = f"{self.runtime.instance_id}-{secrets.token_urlsafe(16)}.png"
+                file_id = f"{self.runtime.instance_id}.{secrets.token_urlsafe(16)}.png"  # as the images service
                 self.files[file_id] = PNG
                 data.append({"url": f"{self.public_base}/v1/images/files/{file_id}"})
         return web.json_response({"created": int(time.time()), "data": data})

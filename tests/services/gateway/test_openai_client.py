@@ -93,3 +93,32 @@ async def test_speech_streams(client):
 async def _get(url: str) -> bytes:
     async with aiohttp.ClientSession() as s, s.get(url) as r:
         return await r.read()
+
+
+async def test_file_urls_go_back_to_the_instance_that_made_them(keys):
+    """Two images instances: each capability URL is fetched from its maker, not balanced."""
+    from nexusd.runtime.settings import SharedSettings
+    from tests.helpers.net import async_wait_for
+    from tests.services.gateway.backend import OpenAIDouble
+    from tests.services.gateway.harness import serve, serve_gateway
+
+    shared = SharedSettings(etcd_endpoints="", internal_token="")
+    async with serve(OpenAIDouble, shared) as a, serve(OpenAIDouble, shared) as b, \
+            serve_gateway(keys[0], {"a": a.url, "b": b.url}, shared=shared) as gw:
+        async def both() -> bool:
+            return len(gw.service.instances.routable()) == 2
+        await async_wait_for(both, timeout=10, what="both instances routable")
+        client = openai.AsyncOpenAI(base_url=gw.api + "/v1", api_key=keys[1]["admin"], max_retries=0)
+        makers = {}
+        for _ in range(20):  # power of two choices spreads them; keep going until both made one
+            img = await client.images.generate(prompt="x", response_format="url")
+            file_id = img.data[0].url.rsplit("/", 1)[1]
+            makers[file_id.partition(".")[0]] = file_id
+            if len(makers) == 2:
+                break
+        assert set(makers) == {a.runtime.instance_id, b.runtime.instance_id}
+        async with aiohttp.ClientSession() as s:
+            for instance_id, file_id in makers.items():
+                for _ in range(4):
+                    async with s.get(f"{gw.api}/v1/images/files/{file_id}") as r:
+                        assert r.status == 200 and r.headers["X-Nexus-Instance"] == instance_id
