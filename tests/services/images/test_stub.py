@@ -171,4 +171,5 @@ async def test_metrics_count_images(stub, client):
         text = await r.text()
     assert 'nexus_images_generated_total{backend="stub"} 3.0' in text
     assert "nexus_images_seconds_per_image_count 1.0" in text
+    assert "nexus_images_seconds_per_step_count 3.0" in text  # for the stub, a step is one image
     assert "nexus_images_queue_depth 0.0" in text
