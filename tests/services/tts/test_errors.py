@@ -19,6 +19,7 @@ BAD = [
     ({"speed": 0.1}, "speed"),
     ({"speed": 4.5}, "speed"),
     ({"stream_format": "websocket"}, "stream_format"),
+    ({"voice": {"id": 5}}, "voice"),
 ]
 
 
@@ -61,3 +62,11 @@ async def test_missing_voice_and_bad_json(espeak):
                              headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "invalid_json"
+
+
+async def test_voice_as_an_object_with_an_id(espeak):
+    """OpenAI's custom-voice shape {"id": ...} (docs/tts.md) speaks with that voice."""
+    async with client_for(espeak) as client:
+        data = await client.post("/audio/speech", body={**GOOD, "voice": {"id": "en-gb"},
+                                                         "response_format": "wav"}, cast_to=bytes)
+    assert rms(data, "wav") > 0.01
