@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
+from openai import OpenAI, OpenAIError
 
 from tests.helpers.net import wait_for
 
@@ -32,6 +32,7 @@ class DevStack:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )
         self.lines: list[str] = []
+        self.restarted: dict[str, int] = {}
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -48,8 +49,13 @@ class DevStack:
         return m.group(1) if m else ""
 
     def pids(self) -> dict[str, int]:
-        return {m.group(1): int(m.group(2))
-                for m in re.finditer(r"nexusd dev: (\w+) ready \(pid (\d+)\)", self.output())}
+        found = {m.group(1): int(m.group(2))
+                 for m in re.finditer(r"nexusd dev: (\w+) ready \(pid (\d+)\)", self.output())}
+        return {**found, **self.restarted}
+
+    def children(self) -> set[int]:
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return {int(p) for p in f.read().split()}
 
 
 def alive(pid: int) -> bool:
@@ -161,6 +167,26 @@ def test_demo_writes_the_image_and_the_audio(stack, tmp_path):
         assert container.format.name == "mp3"
         assert sum(1 for _ in container.decode(audio=0)) > 0
 
+
+
+def test_a_dead_child_is_restarted_on_its_socket(stack):
+    old = stack.pids()["tts"]
+    others = stack.children() - {old}
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: "tts exited with -9; restarting" in stack.output(), timeout=30, what="restart notice")
+    new = wait_for(lambda: stack.children() - others - {old}, timeout=30, what="a new tts process")
+    stack.restarted["tts"] = new.pop()
+    client = OpenAI(base_url=stack.exported("OPENAI_BASE_URL"), api_key=stack.exported("OPENAI_API_KEY"),
+                    max_retries=0, timeout=60)
+
+    def speaks() -> bool:
+        try:
+            return client.audio.speech.create(model="tts-1", voice="alloy", input="Back.",
+                                               response_format="wav").content[:4] == b"RIFF"
+        except OpenAIError:  # not ready yet: the gateway answers 503 until its /readyz passes
+            return False
+
+    wait_for(speaks, timeout=60, what="speech through the restarted tts")
 
 def test_sigint_stops_everything(stack):
     pids = stack.pids()
