@@ -70,6 +70,8 @@ class EtcdRegistry:
             except Exception as exc:  # etcd down or restarted: keep serving, register again
                 if self.registered.is_set():
                     log.warning("etcd registration lost (%s); retrying", type(exc).__name__)
+                elif backoff == 0.5:  # first failure of a streak: say so once (bad TLS/password is silent otherwise)
+                    log.warning("etcd registration failed (%s); retrying", type(exc).__name__)
                 self.registered.clear()
                 self._lease = None
                 await self._reset_client()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
@@ -24,10 +25,15 @@ class Etcd:
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    # TLS for clients: (ca, cert, key) → https client URL, client certificates required. The
+    # health check presents the same cert, so it needs extendedKeyUsage clientAuth too.
+    tls: tuple[Path, Path, Path] | None = None
+    extra_args: list[str] = field(default_factory=list)
+    log_level: str = "error"
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def start(self) -> Etcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -37,15 +43,24 @@ class Etcd:
             "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
             "--initial-cluster", f"test=http://{self.host}:{self.peer_port}",
-            "--log-level", "error",
+            "--log-level", self.log_level, *self.extra_args,
         ]
+        if self.tls:
+            ca, cert, key = self.tls
+            cmd += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", str(ca),
+                    "--client-cert-auth"]
         self.log = open(self.data_dir.parent / f"etcd-{self.client_port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": "amd64"})
         wait_for(self.healthy, timeout=20, what="etcd health")
         return self
 
     def healthy(self) -> bool:
-        with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+        context = None
+        if self.tls:
+            ca, cert, key = self.tls
+            context = ssl.create_default_context(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
+        with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1, context=context) as r:
             return r.status == 200
 
     def stop(self) -> None:
