@@ -75,7 +75,7 @@ async def test_pool_limit_per_host_caps_concurrent_requests(limit_per_host):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/slow"
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/slow"
     try:
         async with client_session(limit_per_host=limit_per_host) as http:
             async def get() -> str:
