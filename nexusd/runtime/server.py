@@ -174,6 +174,9 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.runtime.close()
         log.info("stopped")
+        from nexusd.runtime.access import flush_all
+
+        flush_all()
 
     # --- driver ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
