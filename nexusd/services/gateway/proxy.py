@@ -64,15 +64,22 @@ class Proxy:
         self.internal_token = internal_token
         self.session: aiohttp.ClientSession | None = None
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        # Headers every upstream request carries, built once. A User-Agent of our own rather
+        # than the session's skip_auto_headers: that option costs aiohttp a CIMultiDict build,
+        # a sort and a copy per request (~1.6 µs in bench/gateway's profile).
+        self._base_headers = {"User-Agent": "nexusd-gateway"}
+        if internal_token:
+            self._base_headers["X-Nexus-Internal-Token"] = internal_token
 
     async def start(self) -> None:
         # Our own session: no auto-decompression (bytes pass through as they came), a large
-        # keep-alive pool, no cookie jar, no default headers beyond what we set per request.
+        # keep-alive pool, no cookie jar, no default headers beyond what we set per request
+        # (aiohttp adds Accept and Accept-Encoding only where we set none).
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.upstream_connections,
                                            keepalive_timeout=30, enable_cleanup_closed=False),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent",), timeout=aiohttp.ClientTimeout(total=None),
+            timeout=aiohttp.ClientTimeout(total=None),
         )
 
     async def stop(self) -> None:
@@ -112,15 +119,13 @@ class Proxy:
                       model_id: str, key: ApiKey, path: str | None = None) -> web.StreamResponse:
         assert self.session is not None
         op = route.operation_id
-        headers = {"X-Request-ID": request_id_var.get() or ""}
+        headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
         ctype = request.headers.get("Content-Type")
         if ctype:
             headers["Content-Type"] = ctype
         accept = request.headers.get("Accept")
         if accept:
             headers["Accept"] = accept
-        if self.internal_token:
-            headers["X-Nexus-Internal-Token"] = self.internal_token
         url_path = path or request.raw_path
         tried: Instance | None = None
         start = time.perf_counter()
