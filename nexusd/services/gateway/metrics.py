@@ -1,34 +1,104 @@
 """The gateway's Prometheus metrics, on the runtime's registry (served on 8801 /metrics).
 
-Label children are cached in dicts: `labels()` costs a lock and a tuple build per call, which
-matters on a path that should cost ~200 µs of CPU in total.
+The per-request series are plain dicts read at scrape time (`RelayStats`): a path that should
+cost ~100-200 µs of CPU in total has no room for a lock per update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from nexusd.runtime.metrics import LATENCY_BUCKETS
 
 
+class RelayStats(Collector):
+    """The per-request series (requests, per-key requests and tokens, upstream latency, time to
+    first byte) in plain dicts, turned into Prometheus families at scrape time. A
+    prometheus_client child takes a lock per update; the relay runs on one event-loop thread,
+    so plain ints are safe, and four locked updates a request were ~2.5 µs of CPU
+    (bench/gateway's profile). Same names and labels as the Counter/Histogram they replace."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.requests: dict[tuple[str, str, int, str], int] = {}
+        self.key_requests: dict[str, int] = {}
+        self.key_tokens: dict[tuple[str, bytes], int] = {}  # kind as found in the answer's bytes
+        self.upstream: dict[str, list[float]] = {}  # operation → per-bucket counts + [sum]
+        self.first_byte: dict[str, list[float]] = {}
+
+    def observe(self, operation: str, model: str, status: int, instance: str, key: str,
+                upstream_seconds: float | None) -> None:
+        k = (operation, model, status, instance)
+        self.requests[k] = self.requests.get(k, 0) + 1
+        self.key_requests[key] = self.key_requests.get(key, 0) + 1
+        if upstream_seconds is not None:
+            self._histogram(self.upstream, operation, upstream_seconds)
+
+    def observe_first_byte(self, operation: str, seconds: float) -> None:
+        self._histogram(self.first_byte, operation, seconds)
+
+    def add_tokens(self, key: str, usage: dict[bytes, bytes]) -> None:
+        """`usage`: token kind → count, both as the bytes matched in the answer."""
+        tokens = self.key_tokens
+        for kind, n in usage.items():
+            k = (key, kind)
+            tokens[k] = tokens.get(k, 0) + int(n)
+
+    def _histogram(self, hists: dict[str, list[float]], label: str, seconds: float) -> None:
+        hist = hists.get(label)
+        if hist is None:
+            hist = hists[label] = [0.0] * (len(self.buckets) + 2)
+        hist[bisect.bisect_left(self.buckets, seconds)] += 1
+        hist[-1] += seconds
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily("nexus_gateway_requests", "Proxied requests",
+                                       labels=["operation", "model", "status", "instance"])
+        for (op, model, status, inst), n in list(self.requests.items()):
+            requests.add_metric([op, model, str(status), inst], n)
+        yield requests
+        keys = CounterMetricFamily("nexus_gateway_key_requests", "Requests per API key", labels=["key"])
+        for key, n in list(self.key_requests.items()):
+            keys.add_metric([key], n)
+        yield keys
+        tokens = CounterMetricFamily("nexus_gateway_key_tokens", "Tokens per API key, from responses' usage",
+                                     labels=["key", "kind"])
+        for (key, kind), n in list(self.key_tokens.items()):
+            tokens.add_metric([key, kind.decode()], n)
+        yield tokens
+        yield self._family("nexus_gateway_upstream_seconds", "Upstream time to response headers", self.upstream)
+        yield self._family("nexus_gateway_stream_first_byte_seconds",
+                           "Streams: time from request to the first body byte", self.first_byte)
+
+    def _family(self, name: str, doc: str, hists: dict[str, list[float]]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, doc, labels=["operation"])
+        bounds = [str(b) for b in self.buckets] + ["+Inf"]
+        for op, hist in list(hists.items()):
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(bounds, hist[:-1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([op], buckets, hist[-1])
+        return family
+
+
 class GatewayMetrics:
+    """The hot-path series live in `RelayStats` (lock-free); the rare events (ejections,
+    retries, discovery, auth refusals) are ordinary prometheus_client counters."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("nexus_gateway_requests", "Proxied requests",
-                                ["operation", "model", "status", "instance"], registry=registry)
-        self.key_requests = Counter("nexus_gateway_key_requests", "Requests per API key",
-                                    ["key"], registry=registry)
-        self.key_tokens = Counter("nexus_gateway_key_tokens", "Tokens per API key, from responses' usage",
-                                  ["key", "kind"], registry=registry)
-        self.upstream_latency = Histogram("nexus_gateway_upstream_seconds",
-                                          "Upstream time to response headers", ["operation"],
-                                          buckets=LATENCY_BUCKETS, registry=registry)
-        self.first_byte = Histogram("nexus_gateway_stream_first_byte_seconds",
-                                    "Streams: time from request to the first body byte", ["operation"],
-                                    buckets=LATENCY_BUCKETS, registry=registry)
+        self.relay = RelayStats()
+        registry.register(self.relay)
+        self.observe = self.relay.observe
+        self.observe_first_byte = self.relay.observe_first_byte
+        self.add_tokens = self.relay.add_tokens
         self.ejections = Counter("nexus_gateway_ejections", "Instances ejected after failures",
                                  ["instance"], registry=registry)
         self.retries = Counter("nexus_gateway_retries", "Requests retried on another instance after a connect error",
@@ -38,41 +108,6 @@ class GatewayMetrics:
                                         ["event"], registry=registry)
         self.rejected = Counter("nexus_gateway_auth_rejections", "Requests refused by auth or limits",
                                 ["reason"], registry=registry)
-        self._requests: dict[tuple[str, str, int, str], Any] = {}
-        self._keys: dict[str, Any] = {}
-        self._latency: dict[str, Any] = {}
-        self._first_byte: dict[str, Any] = {}
-        self._tokens: dict[tuple[str, str], Any] = {}
-
-    def observe(self, operation: str, model: str, status: int, instance: str, key: str,
-                upstream_seconds: float | None) -> None:
-        k = (operation, model, status, instance)
-        child = self._requests.get(k)
-        if child is None:
-            child = self._requests[k] = self.requests.labels(operation, model, str(status), instance)
-        child.inc()
-        child = self._keys.get(key)
-        if child is None:
-            child = self._keys[key] = self.key_requests.labels(key)
-        child.inc()
-        if upstream_seconds is not None:
-            child = self._latency.get(operation)
-            if child is None:
-                child = self._latency[operation] = self.upstream_latency.labels(operation)
-            child.observe(upstream_seconds)
-
-    def observe_first_byte(self, operation: str, seconds: float) -> None:
-        child = self._first_byte.get(operation)
-        if child is None:
-            child = self._first_byte[operation] = self.first_byte.labels(operation)
-        child.observe(seconds)
-
-    def add_tokens(self, key: str, usage: dict[str, int]) -> None:
-        for kind, n in usage.items():
-            child = self._tokens.get((key, kind))
-            if child is None:
-                child = self._tokens[(key, kind)] = self.key_tokens.labels(key, kind)
-            child.inc(n)
 
 
 class InstanceCollector:

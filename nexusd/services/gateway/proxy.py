@@ -42,12 +42,12 @@ USAGE_MARK = b'"usage"'
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _usage(data: bytes) -> dict[str, int] | None:
+def _usage(data: bytes) -> dict[bytes, bytes] | None:
+    """Token counts from an answer's `usage`, as matched bytes (decoded at scrape time)."""
     at = data.find(USAGE_MARK)
     if at < 0:
         return None
-    found = {k.decode(): int(v) for k, v in USAGE_RE.findall(data, at)}
-    return found or None
+    return dict(USAGE_RE.findall(data, at)) or None
 
 
 def sse_error(message: str, code: str) -> bytes:

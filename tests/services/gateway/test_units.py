@@ -1,5 +1,5 @@
 """The small pieces on their own: key format and file parsing, the rate limiter's arithmetic,
-and the balancer's choice, queue and ejection."""
+the balancer's choice, queue and ejection, and the relay's lock-free metrics."""
 
 from __future__ import annotations
 
@@ -126,3 +126,34 @@ async def test_slots_queue_and_handoff():
     balancer.release(inst)
     assert inst.outstanding == 0
     json.dumps(inst.describe(0))  # the report is JSON-able
+
+
+def test_relay_stats_render_as_prometheus_counters_and_histograms():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nexusd.services.gateway.metrics import GatewayMetrics
+    from nexusd.services.gateway.proxy import _usage
+
+    registry = CollectorRegistry()
+    m = GatewayMetrics(registry)
+    m.observe("chat.completions", "tiny", 200, "i1", "admin", 0.003)
+    m.observe("chat.completions", "tiny", 200, "i1", "admin", 0.2)
+    m.observe("chat.completions", "tiny", 502, "i1", "admin", None)  # connect error: no latency
+    m.add_tokens("admin", _usage(b'{"usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}'))
+    m.add_tokens("admin", _usage(b'{"usage":{"prompt_tokens":1,"total_tokens":1}}'))
+    assert _usage(b'{"choices": []}') is None
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    req = (("instance", "i1"), ("model", "tiny"), ("operation", "chat.completions"))
+    assert got[("nexus_gateway_requests_total", req + (("status", "200"),))] == 2
+    assert got[("nexus_gateway_requests_total", req + (("status", "502"),))] == 1
+    assert got[("nexus_gateway_key_requests_total", (("key", "admin"),))] == 3
+    assert got[("nexus_gateway_key_tokens_total", (("key", "admin"), ("kind", "prompt_tokens")))] == 6
+    assert got[("nexus_gateway_key_tokens_total", (("key", "admin"), ("kind", "completion_tokens")))] == 2
+    op = (("operation", "chat.completions"),)
+    assert got[("nexus_gateway_upstream_seconds_count", op)] == 2
+    assert got[("nexus_gateway_upstream_seconds_sum", op)] == pytest.approx(0.203)
+    assert got[("nexus_gateway_upstream_seconds_bucket", (("le", "0.005"),) + op)] == 1
+    assert got[("nexus_gateway_upstream_seconds_bucket", (("le", "0.25"),) + op)] == 2
+    assert got[("nexus_gateway_upstream_seconds_bucket", (("le", "+Inf"),) + op)] == 2
