@@ -157,3 +157,15 @@ def test_relay_stats_render_as_prometheus_counters_and_histograms():
     assert got[("nexus_gateway_upstream_seconds_bucket", (("le", "0.005"),) + op)] == 1
     assert got[("nexus_gateway_upstream_seconds_bucket", (("le", "0.25"),) + op)] == 2
     assert got[("nexus_gateway_upstream_seconds_bucket", (("le", "+Inf"),) + op)] == 2
+
+
+def test_mime_is_aiohttps_content_type_memoised():
+    from aiohttp.test_utils import make_mocked_request
+
+    from nexusd.services.gateway.proxy import mime
+
+    for raw, want in [("application/json", "application/json"), ("Application/JSON; charset=utf-8", "application/json"),
+                      ("text/event-stream", "text/event-stream"), (None, "application/octet-stream")]:
+        headers = {"Content-Type": raw} if raw else {}
+        for _ in range(2):  # the second time from the memo
+            assert mime(make_mocked_request("POST", "/", headers=headers)) == want
