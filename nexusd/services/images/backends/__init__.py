@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ class Job:
     steps_done: int = 0
 
 
-class Backend:
+class Backend(ABC):
     """One loaded model. `load` and `generate` block; the service runs them off the loop."""
 
     native_size: tuple[int, int] = (512, 512)
@@ -61,8 +62,9 @@ class Backend:
     def warmup(self) -> None:
         """One step, so the first request does not pay for kernel selection and allocation."""
 
+    @abstractmethod
     def generate(self, job: Job) -> list[Image.Image]:
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         """Free what load() took (GPU memory)."""

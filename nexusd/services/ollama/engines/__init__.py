@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from nexusd.services.ollama.openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
 
 
-class Engine:
+class Engine(ABC):
     def __init__(self, service: OllamaService) -> None:
         self.service = service
         self.settings = service.settings
@@ -42,14 +43,17 @@ class Engine:
     def extra_metadata(self) -> dict[str, Any]:
         return {}
 
+    @abstractmethod
     async def chat(self, request: web.Request, body: ChatRequest, model: str) -> web.StreamResponse:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def completions(self, request: web.Request, body: CompletionRequest, model: str) -> web.StreamResponse:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def embeddings(self, request: web.Request, body: EmbeddingRequest, model: str) -> web.StreamResponse:
-        raise NotImplementedError
+        ...
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         created = 0

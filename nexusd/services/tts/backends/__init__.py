@@ -8,6 +8,7 @@ only called from that same single worker: none of the engines is safe to call co
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
@@ -23,7 +24,7 @@ BACKENDS = {
 }
 
 
-class Backend:
+class Backend(ABC):
     name: ClassVar[str] = "backend"
     # The part of OpenAI's 0.25..4.0 `speed` the engine applies itself; the rest is a
     # pitch-preserving tempo change in the encoder.
@@ -49,11 +50,12 @@ class Backend:
     def describe(self) -> str:
         return self.name
 
+    @abstractmethod
     def synthesize(self, text: str, voice: str, speed: float,
                    stop: threading.Event) -> Iterator[np.ndarray]:
         """Yield float32 samples in [-1, 1] at `sample_rate` for one sentence; return early
         once `stop` is set."""
-        raise NotImplementedError
+        ...
 
 
 def load_backend_class(name: str) -> type[Backend]:
