@@ -74,7 +74,8 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
     app = web.Application(
         middlewares=[
             make_middleware(endpoints, service.runtime.metrics,
-                            internal_token=shared.internal_token, access=shared.access_log),
+                            internal_token=shared.internal_token, access=shared.access_log,
+                            guard=service.guard(listener)),
             *service.middlewares(listener),
         ],
         client_max_size=service.settings.max_body,

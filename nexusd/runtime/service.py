@@ -101,6 +101,12 @@ class Service:
         """Extra aiohttp middlewares for one listener, run inside the runtime's own."""
         return []
 
+    def guard(self, listener: Listener) -> Callable[[web.Request], None] | None:
+        """A synchronous check run before every handler of one listener (unmatched routes
+        included), inside the runtime middleware: raise ApiError to refuse. Cheaper per request
+        than a middleware when nothing needs awaiting."""
+        return None
+
     def extra_metadata(self) -> dict[str, Any]:
         return {}
 

@@ -138,3 +138,26 @@ async def test_internal_token_guards_api_routes_only():
         for path in ("/health", "/readyz", "/metrics", "/v1/metadata", "/v1/public"):
             async with http.get(path) as r:
                 assert r.status == 200, path
+
+
+async def test_a_service_guard_runs_before_every_handler_and_refuses_with_an_envelope():
+    from nexusd.runtime.errors import ApiError
+
+    seen: list[str] = []
+
+    class Guarded(ProbeService):
+        def guard(self, listener):  # type: ignore[no-untyped-def]
+            def check(request) -> None:  # type: ignore[no-untyped-def]
+                seen.append(request.path)
+                if request.headers.get("X-Let-In") != "yes":
+                    raise ApiError(403, "not you", code="guarded")
+            return check
+
+    async with serve_inprocess(Guarded) as server, aiohttp.ClientSession(server.url) as http:
+        for path in ("/v1/items", "/v1/nope"):  # a route and an unmatched one
+            async with http.post(path, json={"name": "a"}, headers={"X-Request-ID": "g-1"}) as r:
+                assert r.status == 403 and r.headers["X-Request-ID"] == "g-1"
+                assert_envelope(await r.json(), "permission_error", "guarded")
+        async with http.post("/v1/items", json={"name": "a"}, headers={"X-Let-In": "yes"}) as r:
+            assert r.status == 200
+    assert seen[:3] == ["/v1/items", "/v1/nope", "/v1/items"]
