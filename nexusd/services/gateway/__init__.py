@@ -17,7 +17,7 @@ from typing import Any
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
 from nexusd.runtime.settings import ConfigError
 from nexusd.services.gateway.aggregation import Aggregation
-from nexusd.services.gateway.auth import make_auth_middleware
+from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
 from nexusd.services.gateway.instances import Instance, InstanceSet
@@ -66,11 +66,11 @@ class GatewayService(Service):
             self.etcd = EtcdDiscovery(shared, self.instances, retry=settings.etcd_retry,
                                       on_event=self._discovery_event)
         registry.register(InstanceCollector(self._snapshot))
-        # Handlers are bound once, so the auth middleware can recognise the public one by identity.
+        # Handlers are bound once, so the auth check can recognise the public one by identity.
         self._image_file = self.aggregation.image_file
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.aggregation.report, self.recent_errors, self.version)
-        self._auth = make_auth_middleware(self.keys, self.limiter, {self._image_file}, self._rejected)
+        self._auth = make_auth_check(self.keys, self.limiter, {self._image_file}, self._rejected)
 
     # --- what the runtime asks -----------------------------------------------------------
     def listeners(self) -> list[Listener]:
@@ -89,8 +89,8 @@ class GatewayService(Service):
             raise ConfigError(f"NEXUS_GATEWAY_TLS_CERT/_KEY: cannot load: {exc}") from None
         return ctx
 
-    def middlewares(self, listener: Listener) -> list[Any]:
-        return [self._auth] if listener.name == "api" else []
+    def guard(self, listener: Listener) -> Any:
+        return self._auth if listener.name == "api" else None
 
     def endpoints(self) -> list[Endpoint]:
         relay = self.proxy.handle
