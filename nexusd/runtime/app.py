@@ -94,7 +94,11 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
         # Every endpoint gets an explicit limit so the middleware always applies it.
         endpoints[route] = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
     _maybe_add_test_hooks(app)
-    app.on_response_prepare.append(add_request_id_header)
+    # Responses a handler prepares itself (streams, relays) get X-Request-ID through this hook;
+    # the middleware adds it to every other response. An app without such endpoints skips the
+    # hook: aiohttp awaits the signal for every response (~1-2 µs) once it has a receiver.
+    if any(ep.streaming or ep.passthrough or ep.method == "*" for ep in endpoints.values()):
+        app.on_response_prepare.append(add_request_id_header)
     return app
 
 
