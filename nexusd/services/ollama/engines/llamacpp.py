@@ -73,6 +73,38 @@ class LocalModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class PieceBatcher:
+    """Hands text pieces from the generation thread to the event loop, at most one hand-over
+    per EMIT_INTERVAL (the first piece at once, so time to first token is unchanged).
+
+    One hand-over per token wakes the loop, and then the client, for every token; when
+    llama.cpp's threads fill the cores, each wake-up preempts one of them and its siblings
+    spin at the next barrier (bench/llm: 0.85x of direct at 2 threads on 2 cores)."""
+
+    EMIT_INTERVAL = 0.03
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self.loop, self.queue = loop, queue
+        self.buffer: list[Any] = []
+        self.next_at = 0.0
+
+    def _deliver(self, items: list[Any]) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
+
+    def emit(self, piece: str) -> None:
+        self.buffer.append(piece)
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.next_at = now + self.EMIT_INTERVAL
+            items, self.buffer = self.buffer, []
+            self.loop.call_soon_threadsafe(self._deliver, items)
+
+    def close(self, end: Any) -> None:
+        items, self.buffer = [*self.buffer, end], []
+        self.loop.call_soon_threadsafe(self._deliver, items)
+
+
 class LlamaCppEngine(Engine):
     def __init__(self, service) -> None:
         super().__init__(service)
@@ -250,16 +282,17 @@ class LlamaCppEngine(Engine):
         timer = GenerationTimer(self.metrics, m.name, op)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
-        emit = (lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece)) if body.stream else None
+        pieces = PieceBatcher(loop, queue)
 
         def work() -> Result:
             try:
-                result = run_tokens(m.llm, m.info["is_eog"], tokens, params, cancel, emit,
+                result = run_tokens(m.llm, m.info["is_eog"], tokens, params, cancel,
+                                    pieces.emit if body.stream else None,
                                     lambda: loop.call_soon_threadsafe(timer.token))
                 self.metrics.generated.labels(m.name).inc(result.completion_tokens)  # thread-safe
                 return result
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
+                pieces.close(_END)
 
         await unless_client_leaves(request, m.slot.acquire())
         fut = None
