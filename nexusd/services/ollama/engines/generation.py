@@ -12,6 +12,7 @@ import asyncio
 import codecs
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,3 +143,35 @@ def run_tokens(llm: Any, is_eog: Callable[[int], bool], tokens: list[int], param
     if emit is not None and len(text) > sent and finish != "cancelled":
         emit(text[sent:])
     return Result(text, finish, len(tokens), count)
+
+
+class PieceBatcher:
+    """Hands text pieces from the generation thread to the event loop, at most one hand-over
+    per EMIT_INTERVAL (the first piece at once, so time to first token is unchanged).
+
+    One hand-over per token wakes the loop, and then the client, for every token; when
+    llama.cpp's threads fill the cores, each wake-up preempts one of them and its siblings
+    spin at the next barrier (bench/llm: 0.85x of direct at 2 threads on 2 cores)."""
+
+    EMIT_INTERVAL = 0.03
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self.loop, self.queue = loop, queue
+        self.buffer: list[Any] = []
+        self.next_at = 0.0
+
+    def _deliver(self, items: list[Any]) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
+
+    def emit(self, piece: str) -> None:
+        self.buffer.append(piece)
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.next_at = now + self.EMIT_INTERVAL
+            items, self.buffer = self.buffer, []
+            self.loop.call_soon_threadsafe(self._deliver, items)
+
+    def close(self, end: Any) -> None:
+        items, self.buffer = [*self.buffer, end], []
+        self.loop.call_soon_threadsafe(self._deliver, items)
