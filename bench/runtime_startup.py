@@ -22,6 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a plain script
+from bench.common import free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = """
 import asyncio, os, socket, sys
@@ -50,12 +53,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def time_to_ready(argv: list[str], env: dict[str, str], notify_path: str) -> tuple[float, subprocess.Popen]:

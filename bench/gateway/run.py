@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,23 +24,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # also runnable as a plain script
+from bench.common import cpu_seconds, free_port  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
 CHAT = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Hello"}]}).encode()
 STREAM = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Hello"}],
                      "stream": True}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def rss_mib(pid: int) -> float:

@@ -24,7 +24,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.common import free_port  # noqa: E402
 from nexusd.services.tts.audio import AudioEncoder  # noqa: E402
 from nexusd.services.tts.backends import load_backend_class  # noqa: E402
 from nexusd.services.tts.sentences import split_sentences  # noqa: E402
@@ -46,12 +46,6 @@ MEDIUM = ("The quick brown fox jumps over the lazy dog. It was a bright, cold da
           "were striking thirteen. Nobody expected the meeting to run this long. Still, the plan held: "
           "finish the draft, send it out, and wait for answers. By evening the rain had stopped.")
 LONG = " ".join(f"This is sentence number {i} of a long text, read aloud one piece at a time." for i in range(1, 31))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def audio_seconds(data: bytes, fmt: str) -> float:
