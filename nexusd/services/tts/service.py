@@ -23,6 +23,7 @@ from aiohttp import web
 from nexusd.runtime import (
     ApiError,
     Capabilities,
+    Concurrency,
     Endpoint,
     ModelInfo,
     Resources,
@@ -66,6 +67,7 @@ class TTSService(Service):
         self.voicebook: VoiceBook | None = None
         self.metrics = TTSMetrics(self.runtime.metrics.registry, self.backend.name)
         self.model_ids = {self.backend.name, *OPENAI_MODELS}
+        self.admitted = 0  # speech requests in flight or waiting; bounded by max_inflight + max_queue
 
     # --- what the service offers -------------------------------------------------------
     def endpoints(self) -> list[Endpoint]:
@@ -80,6 +82,9 @@ class TTSService(Service):
 
     def options(self) -> dict:
         return request_options()
+
+    def concurrency(self) -> Concurrency:
+        return Concurrency(max_inflight=self.settings.max_inflight, max_queue=self.settings.max_queue)
 
     def checks(self):
         return {"backend": self.backend_loaded}
@@ -119,9 +124,15 @@ class TTSService(Service):
         sentences = split_sentences(body.input, self.settings.max_sentence_chars)
         if not sentences:
             raise ApiError(400, "input has no words to speak", param="input", code="invalid_value")
+        if self.admitted >= self.settings.max_inflight + self.settings.max_queue:
+            # Every request shares the one worker: beyond the bound, later ones would only wait.
+            self.metrics.rejected.inc()
+            raise ApiError(429, "Too many speech requests; retry shortly", code="queue_full",
+                           headers={"Retry-After": "1"})
         job = Synthesis(self.backend, self.executor, sentences, voice, body.speed, body.response_format,
                         streamed=body.stream_format is not None, alive=lambda: not _gone(request), on_sentence=self.metrics.sentences.inc)
         self.metrics.characters.inc(len(body.input))
+        self.admitted += 1
         try:
             if body.stream_format is None:
                 return await self._whole(request, job, body, arrived)
@@ -130,6 +141,7 @@ class TTSService(Service):
             job.cancelled = True
             raise
         finally:
+            self.admitted -= 1
             self._account(job)
 
     def _book(self) -> VoiceBook:

@@ -34,6 +34,9 @@ class TTSSettings(ServiceSettings):
         "espeak", description="Synthesis engine: espeak (embedded), piper (extra, GPL-3.0), pocket (extra tts)")
     voice_map: str = Field(
         "", description="OpenAI voice names mapped to backend voices, e.g. alloy=en-us+f3,echo=en-gb+m3")
+    max_inflight: int = Field(8, ge=1, le=1024,
+                              description="Speech requests served at once (they share one worker, sentence by sentence)")
+    max_queue: int = Field(32, ge=0, le=4096, description="Requests waiting beyond max_inflight before 429")
     max_sentence_chars: int = Field(300, ge=20, le=4096,
                                     description="Longer sentences are split at clause marks or spaces")
     espeak_library: str = Field("", description="Path to libespeak-ng.so; empty = espeakng-loader's, else the system's")

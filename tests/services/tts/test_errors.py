@@ -70,3 +70,31 @@ async def test_voice_as_an_object_with_an_id(espeak):
         data = await client.post("/audio/speech", body={**GOOD, "voice": {"id": "en-gb"},
                                                          "response_format": "wav"}, cast_to=bytes)
     assert rms(data, "wav") > 0.01
+
+
+async def test_beyond_inflight_and_queue_is_429_and_admitted_complete():
+    """max_inflight + max_queue bound the requests sharing the one worker; the next gets 429
+    with Retry-After, the admitted ones still finish, and the slot is free again afterwards."""
+    from nexusd.services.tts import TTSService
+    from tests.runtime.support import serve_inprocess
+    from tests.services.tts.conftest import QUIET
+
+    long_text = " ".join(f"This is sentence number {i} of a long text." for i in range(40))
+    body = {"model": "tts-1", "voice": "alloy", "input": long_text, "response_format": "pcm",
+            "stream_format": "audio"}
+    async with serve_inprocess(TTSService, QUIET, backend="espeak", max_inflight=1, max_queue=1) as server:
+        url = server.url + "/v1/audio/speech"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+            first = await http.post(url, json=body)
+            second = await http.post(url, json=body)
+            assert first.status == second.status == 200
+            await first.content.readany()  # both are admitted and producing audio
+            await second.content.readany()
+            async with http.post(url, json=body) as third:
+                assert third.status == 429 and third.headers["Retry-After"] == "1"
+                assert (await third.json())["error"]["code"] == "queue_full"
+            assert len(await first.read()) > 0 and len(await second.read()) > 0
+            first.release()
+            second.release()
+            async with http.post(url, json={**body, "input": "Free again."}) as again:
+                assert again.status == 200 and len(await again.read()) > 0
