@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
-from nexusd.runtime.middleware import add_request_id_header, make_middleware
+from nexusd.runtime.middleware import CATCH_ALL, RequestPipeline, add_request_id_header, unmatched
 from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:
@@ -68,36 +69,52 @@ class ContractRoutes:
 
 
 def build_app(service: Service, listener: Listener, readiness: Readiness) -> web.Application:
+    """One app per listener. Every route's handler is wrapped by the RequestPipeline (request id,
+    token, limits, guard, envelopes, metrics, access record); a final catch-all route gives
+    unmatched paths the same treatment (404/405 envelopes)."""
     routes = ContractRoutes(service, readiness)
-    endpoints: dict[Any, Endpoint] = {}
     shared = service.shared
+    pipeline = RequestPipeline(service.runtime.metrics, internal_token=shared.internal_token,
+                               access=shared.access_log, guard=service.guard(listener))
     app = web.Application(
-        middlewares=[
-            make_middleware(endpoints, service.runtime.metrics,
-                            internal_token=shared.internal_token, access=shared.access_log,
-                            guard=service.guard(listener)),
-            *service.middlewares(listener),
-        ],
+        middlewares=service.middlewares(listener),  # extra ones run around the pipeline
         client_max_size=service.settings.max_body,
         handler_args={"tcp_keepalive": True},
     )
-    app.router.add_get("/health", routes.health, allow_head=True)
+
+    def add(method: str, path: str, handler: Any, endpoint: Endpoint | None = None,
+            liveness: bool = False) -> None:
+        resource = app.router.add_resource(path)
+        wrapped = pipeline.wrap(handler, endpoint, resource.canonical, guarded=not liveness)
+        resource.add_route(method, wrapped)
+        if liveness:
+            resource.add_route("HEAD", wrapped)
+
+    add("GET", "/health", routes.health, liveness=True)  # liveness is never guarded
     if listener.observability:
-        app.router.add_get("/readyz", routes.readyz, allow_head=False)
-        app.router.add_get("/metrics", routes.metrics, allow_head=False)
-        app.router.add_get("/v1/metadata", routes.metadata, allow_head=False)
+        add("GET", "/readyz", routes.readyz)
+        add("GET", "/metrics", routes.metrics)
+        add("GET", "/v1/metadata", routes.metadata)
+    served = []
     for ep in service.endpoints():
         # An endpoint is served on the listener it names (e.g. the gateway's status page on "obs").
         if ep.listener != listener.name:
             continue
-        route = app.router.add_route(ep.method, ep.path, ep.handler)
-        # Every endpoint gets an explicit limit so the middleware always applies it.
-        endpoints[route] = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
-    _maybe_add_test_hooks(app)
+        # Every endpoint gets an explicit limit so the pipeline always applies it.
+        ep = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
+        add(ep.method, ep.path, ep.handler, ep)
+        served.append(ep)
+    if os.environ.get("NEXUS_TEST_HOOKS") == "1":
+        from nexusd.runtime.testhooks import block_loop, slow
+
+        add("POST", "/_test/block", block_loop)
+        add("GET", "/_test/slow", slow)
+    unmatched_resource = app.router.add_resource(CATCH_ALL)
+    unmatched_resource.add_route("*", pipeline.wrap(unmatched, None, "unmatched"))
     # Responses a handler prepares itself (streams, relays) get X-Request-ID through this hook;
-    # the middleware adds it to every other response. An app without such endpoints skips the
+    # the pipeline adds it to every other response. An app without such endpoints skips the
     # hook: aiohttp awaits the signal for every response (~1-2 µs) once it has a receiver.
-    if any(ep.streaming or ep.passthrough or ep.method == "*" for ep in endpoints.values()):
+    if any(ep.streaming or ep.passthrough or ep.method == "*" for ep in served):
         app.on_response_prepare.append(add_request_id_header)
     return app
 
@@ -106,12 +123,3 @@ def _with_limit(ep: Endpoint, limit: int) -> Endpoint:
     from dataclasses import replace
 
     return replace(ep, max_body=None) if ep.passthrough else replace(ep, max_body=limit)
-
-
-def _maybe_add_test_hooks(app: web.Application) -> None:
-    import os
-
-    if os.environ.get("NEXUS_TEST_HOOKS") == "1":
-        from nexusd.runtime.testhooks import add_test_hooks
-
-        add_test_hooks(app)

@@ -1,6 +1,13 @@
-"""The runtime's one middleware, on the hot path of every request: request id, internal
-token, per-route body limit, OpenAI error envelopes, metrics and the access record.
-It is one function rather than five because each layer of aiohttp middleware costs a call."""
+"""What the runtime does around every handler, on the hot path of every request: request id,
+internal token, per-route body limit, the service's guard, OpenAI error envelopes, metrics and
+the access record.
+
+It wraps each route's handler when the route is added, rather than running as an aiohttp
+middleware: aiohttp builds a middleware chain per request (functools.partial + update_wrapper
+for each, plus its own current-app fix-up), which cost more than everything done here
+(bench/runtime_echo). Wrapping also lets each route know its endpoint and metrics label up
+front. Unmatched paths reach a catch-all route (see app.py) wrapped the same way, so 404/405
+get the same envelopes, ids, metrics and access records."""
 
 from __future__ import annotations
 
@@ -57,85 +64,104 @@ def _has_token(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def make_middleware(
-    endpoints: dict[Any, Endpoint],
-    metrics: Metrics,
-    *,
-    internal_token: str,
-    access: bool,
-    guard: Callable[[web.Request], None] | None = None,
-) -> Any:
-    """`guard`: the service's synchronous check run just before the handler (e.g. the gateway's
-    API keys); it raises ApiError to refuse. Cheaper than another aiohttp middleware layer."""
-    stats = metrics.http
-    observe = stats.observe
-    from nexusd.runtime import access as access_records
+class RequestPipeline:
+    """Wraps handlers with the runtime's per-request work. One per listener app."""
 
-    # Decided once: the fast sink when logging was set up for a process, else logging itself.
-    sink = access_records.current_sink
-    access = access and access_log.isEnabledFor(logging.INFO)
+    def __init__(self, metrics: Metrics, *, internal_token: str, access: bool,
+                 guard: Callable[[web.Request], None] | None = None) -> None:
+        """`guard`: the service's synchronous check run just before the handler (e.g. the
+        gateway's API keys); it raises ApiError to refuse."""
+        from nexusd.runtime import access as access_records
 
-    @web.middleware
-    async def runtime_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        rid = _request_id(request)
-        ctx_token = request_id_var.set(rid)
-        start = time.perf_counter()
-        route = request.match_info.route
-        endpoint = endpoints.get(route)
-        stats.inflight += 1
-        status = 500
-        try:
+        self.stats = metrics.http
+        self.internal_token = internal_token
+        self.guard = guard
+        # Decided once: the fast sink when logging was set up for a process, else logging itself.
+        self.sink = access_records.current_sink
+        self.access = access and access_log.isEnabledFor(logging.INFO)
+
+    def wrap(self, handler: Any, endpoint: Endpoint | None, label: str, guarded: bool = True) -> Any:
+        """`guarded=False` (liveness) and `public` endpoints (capability URLs) skip the guard."""
+        stats, observe = self.stats, self.stats.observe
+        internal_token, sink, access = self.internal_token, self.sink, self.access
+        public = endpoint is not None and endpoint.public
+        guard = self.guard if guarded and not public else None
+        # What this route checks, decided when it is added.
+        needs_token = bool(internal_token) and endpoint is not None and not public
+        max_body = endpoint.max_body if endpoint is not None else None
+        passthrough = endpoint is not None and endpoint.passthrough
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            rid = _request_id(request)
+            ctx_token = request_id_var.set(rid)
+            start = time.perf_counter()
+            stats.inflight += 1
+            status = 500
             try:
-                if endpoint is not None:
-                    if internal_token and not endpoint.public and not _has_token(request, internal_token):
+                try:
+                    if needs_token and not _has_token(request, internal_token):
                         raise ApiError(401, "This service requires the internal token", code="invalid_internal_token")
-                    if endpoint.max_body is not None:
+                    if max_body is not None:
                         length = request.content_length
-                        if length is not None and length > endpoint.max_body:
-                            raise web.HTTPRequestEntityTooLarge(max_size=endpoint.max_body, actual_size=length)
-                        request = _set_body_limit(request, endpoint.max_body)
-                if guard is not None:
-                    guard(request)
-                response = await handler(request)
-            except ApiError as exc:
-                response = exc.response()
-            except web.HTTPException as exc:
-                if (endpoint is not None and endpoint.passthrough) or exc.status < 400:
-                    # pass-through errors and redirects raised as exceptions pass unchanged
-                    exc.headers[REQUEST_ID] = rid
+                        if length is not None and length > max_body:
+                            raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=length)
+                        request = _set_body_limit(request, max_body)
+                    if guard is not None:
+                        guard(request)
+                    response = await handler(request)
+                except ApiError as exc:
+                    response = exc.response()
+                except web.HTTPException as exc:
+                    if passthrough or exc.status < 400:
+                        # pass-through errors and redirects raised as exceptions pass unchanged
+                        exc.headers[REQUEST_ID] = rid
+                        raise
+                    response = from_http_exception(exc).response()
+                except asyncio.CancelledError:
+                    status = 499  # the client went away (nginx's convention)
                     raise
-                response = from_http_exception(exc).response()
-            except asyncio.CancelledError:
-                status = 499  # the client went away (nginx's convention)
-                raise
-            except Exception:
-                error_log.exception("unhandled error in %s %s", request.method, request.path)
-                response = ApiError(500, f"Internal error (request id {rid})", code="internal_error").response()
-            status = response.status
-            if not response.prepared:  # streamed responses got it in on_response_prepare
-                response.headers[REQUEST_ID] = rid
-            return response
-        finally:
-            stats.inflight -= 1
-            elapsed = time.perf_counter() - start
-            resource = route.resource
-            label = resource.canonical if resource is not None else "unmatched"
-            observe(label, request.method, status, elapsed)
-            if access and sink is not None:
-                sink(request.method, request.path, status, elapsed * 1000, rid)
-            elif access:
-                # makeRecord + handle rather than .info(): skips Logger.findCaller's stack walk
-                # (~25 µs a record, measured in bench/gateway), pointless for a record whose
-                # origin is always this line.
-                access_log.handle(access_log.makeRecord(
-                    access_log.name, logging.INFO, __file__, 0, "%s %s %d %.1fms",
-                    (request.method, request.path, status, elapsed * 1000), None, "runtime_middleware",
-                    {"method": request.method, "path": request.path, "status": status,
-                     "duration_ms": round(elapsed * 1000, 3)},
-                ))
-            request_id_var.reset(ctx_token)
+                except Exception:
+                    error_log.exception("unhandled error in %s %s", request.method, request.path)
+                    response = ApiError(500, f"Internal error (request id {rid})", code="internal_error").response()
+                status = response.status
+                if not response.prepared:  # streamed responses got it in on_response_prepare
+                    response.headers[REQUEST_ID] = rid
+                return response
+            finally:
+                stats.inflight -= 1
+                elapsed = time.perf_counter() - start
+                observe(label, request.method, status, elapsed)
+                if access and sink is not None:
+                    sink(request.method, request.path, status, elapsed * 1000, rid)
+                elif access:
+                    # makeRecord + handle rather than .info(): skips Logger.findCaller's stack walk
+                    # (~25 µs a record), pointless for a record whose origin is always this line.
+                    access_log.handle(access_log.makeRecord(
+                        access_log.name, logging.INFO, __file__, 0, "%s %s %d %.1fms",
+                        (request.method, request.path, status, elapsed * 1000), None, "handle",
+                        {"method": request.method, "path": request.path, "status": status,
+                         "duration_ms": round(elapsed * 1000, 3)},
+                    ))
+                request_id_var.reset(ctx_token)
 
-    return runtime_middleware
+        return handle
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """The catch-all route's handler: 405 when another route has this path, else 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.canonical == CATCH_ALL:
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+CATCH_ALL = "/{nexus_unmatched:.*}"
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:

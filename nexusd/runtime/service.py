@@ -98,13 +98,14 @@ class Service:
         return [Listener("api", self.settings.host, self.settings.port)]
 
     def middlewares(self, listener: Listener) -> list[Any]:
-        """Extra aiohttp middlewares for one listener, run inside the runtime's own."""
+        """Extra aiohttp middlewares for one listener. They run around the runtime's per-route
+        handling (which wraps each handler), so prefer `guard` for checks."""
         return []
 
     def guard(self, listener: Listener) -> Callable[[web.Request], None] | None:
         """A synchronous check run before every handler of one listener (unmatched routes
-        included), inside the runtime middleware: raise ApiError to refuse. Cheaper per request
-        than a middleware when nothing needs awaiting."""
+        included; not /health nor `public` endpoints): raise ApiError to refuse. Cheaper per
+        request than a middleware when nothing needs awaiting."""
         return None
 
     def extra_metadata(self) -> dict[str, Any]:

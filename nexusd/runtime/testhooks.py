@@ -19,8 +19,3 @@ async def slow(request: web.Request) -> web.Response:
     seconds = float(request.query.get("seconds", "2"))
     await asyncio.sleep(seconds)
     return web.json_response({"slept": seconds})
-
-
-def add_test_hooks(app: web.Application) -> None:
-    app.router.add_post("/_test/block", block_loop)
-    app.router.add_get("/_test/slow", slow)

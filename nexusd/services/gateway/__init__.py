@@ -66,11 +66,9 @@ class GatewayService(Service):
             self.etcd = EtcdDiscovery(shared, self.instances, retry=settings.etcd_retry,
                                       on_event=self._discovery_event)
         registry.register(InstanceCollector(self._snapshot))
-        # Handlers are bound once, so the auth check can recognise the public one by identity.
-        self._image_file = self.aggregation.image_file
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.aggregation.report, self.recent_errors, self.version)
-        self._auth = make_auth_check(self.keys, self.limiter, {self._image_file}, self._rejected)
+        self._auth = make_auth_check(self.keys, self.limiter, self._rejected)
 
     # --- what the runtime asks -----------------------------------------------------------
     def listeners(self) -> list[Listener]:
@@ -103,7 +101,8 @@ class GatewayService(Service):
             Endpoint("GET", "/v1/audio/voices", relay, "audio.voices"),
             Endpoint("GET", "/v1/models", self.aggregation.list_models, "models.list"),
             Endpoint("GET", "/v1/models/{model:.+}", self.aggregation.get_model, "models.retrieve"),
-            Endpoint("GET", "/v1/images/files/{file_id}", self._image_file, "images.files", public=True),
+            Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",
+                     public=True),  # capability URL: no key, no guard
             # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
             Endpoint("*", "/{tail:.*}", relay, "gateway.relay", listed=False),
             # 8801: the operators' status page (server-rendered, refreshes itself).

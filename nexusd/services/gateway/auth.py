@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -18,14 +17,12 @@ from nexusd.services.gateway.ratelimit import RateLimiter, retry_after
 API_KEY = web.RequestKey("api_key", ApiKey)
 
 
-def make_auth_check(keys: KeyStore, limiter: RateLimiter, public: set[Any],
+def make_auth_check(keys: KeyStore, limiter: RateLimiter,
                     on_reject: Callable[[str], None]) -> Callable[[web.Request], None]:
-    """The check, run by the runtime middleware before every handler of the API listener
-    (`Service.guard`): synchronous, so it costs no middleware layer of its own."""
+    """The check the runtime runs before every handler of the API listener (`Service.guard`),
+    unknown routes included; it skips /health and `public` endpoints (capability URLs)."""
 
     def auth_check(request: web.Request) -> None:
-        if request.match_info.route.handler in public or request.path == "/health":
-            return
         now = time.time()
         key, why = keys.authenticate(request.headers.get("Authorization"), now)
         if key is None:
