@@ -1,5 +1,6 @@
 """Builds one aiohttp application per listener: the contract routes (`/health`, `/readyz`,
-`/metrics`, `/v1/metadata`) and the service's endpoints, behind the runtime middleware."""
+`/metrics`, `/v1/metadata`) and the service's endpoints, each handler wrapped by the runtime's
+RequestPipeline (middleware.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Logging to stderr: JSON lines, plain text, or native journald records with fields.
 
-The request id lives in a contextvar set by the middleware, so every record logged while a
+The request id lives in a contextvar set by the runtime's per-request handling, so every record logged while a
 request is handled carries it (`REQUEST_ID` in the journal: `journalctl REQUEST_ID=...`).
 Nothing here logs headers or bodies; callers must not pass secrets in `extra`.
 """
@@ -148,7 +148,7 @@ def setup_logging(service: str, fmt: str = "auto", level: str = "info") -> loggi
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").disabled = True  # our middleware writes access records
+    logging.getLogger("aiohttp.access").disabled = True  # the runtime writes its own access records
     from nexusd.runtime import access
 
     access.configure(service, fmt, os.environ.get("NEXUS_JOURNAL_SOCKET", JOURNAL_SOCKET))

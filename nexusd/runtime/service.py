@@ -2,7 +2,7 @@
 
 A service subclasses `Service`, sets `name` and `Settings`, and returns its `Endpoint`s.
 The runtime adds the contract routes (`/health`, `/readyz`, `/metrics`, `/v1/metadata`),
-the middlewares (request id, errors, metrics, access log, internal auth, body limits),
+the per-request handling (request id, errors, metrics, access log, internal auth, body limits),
 sd_notify, etcd registration and signal handling. See docs/service-contract.md.
 """
 
