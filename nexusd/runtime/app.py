@@ -1,6 +1,6 @@
 """Builds one aiohttp application per listener: the contract routes (`/health`, `/readyz`,
 `/metrics`, `/v1/metadata`) and the service's endpoints, each handler wrapped by the runtime's
-RequestPipeline (middleware.py)."""
+RequestPipeline (pipeline.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
-from nexusd.runtime.middleware import CATCH_ALL, RequestPipeline, add_request_id_header, unmatched
+from nexusd.runtime.pipeline import CATCH_ALL, RequestPipeline, add_request_id_header, unmatched
 from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:

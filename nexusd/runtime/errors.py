@@ -1,7 +1,7 @@
 """Every failure as an OpenAI error envelope: {"error": {"message", "type", "param", "code"}}.
 
 Handlers raise `ApiError`; aiohttp's own HTTP exceptions (404, 405, 413, ...) and unhandled
-exceptions are converted by the runtime's per-route handling (`middleware.RequestPipeline`). Routes declared as pass-through (the Ollama
+exceptions are converted by the runtime's per-route handling (`pipeline.RequestPipeline`). Routes declared as pass-through (the Ollama
 wrapper's native `/api/*`) keep their upstream's error shape and are left alone.
 """
 

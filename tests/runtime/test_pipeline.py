@@ -1,4 +1,4 @@
-"""The runtime middleware on a real in-process server: request ids, OpenAI error envelopes for
+"""The runtime's request pipeline on a real in-process server: request ids, OpenAI error envelopes for
 every failure, per-route body limits, pass-through routes and the internal token."""
 
 from __future__ import annotations

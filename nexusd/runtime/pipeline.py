@@ -166,7 +166,7 @@ CATCH_ALL = "/{nexus_unmatched:.*}"
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: streaming responses send their headers inside the handler, while
-    the middleware's contextvar is still set, so the id is added here for them."""
+    the pipeline's contextvar is still set, so the id is added here for them."""
     rid = request_id_var.get()
     if rid and REQUEST_ID not in response.headers:
         response.headers[REQUEST_ID] = rid
