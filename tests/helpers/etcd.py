@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers.net import free_port, wait_for
+from tests.helpers.proc import terminate
 
 
 def etcd_binary() -> str:
@@ -64,13 +65,8 @@ class Etcd:
             return r.status == 200
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc, 10)
         if getattr(self, "log", None):
             self.log.close()
 

@@ -18,6 +18,17 @@ from tests.helpers.net import free_port, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, wait (bounded), SIGKILL if it will not go: every test's process teardown."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 @dataclass
 class ServiceProcess:
     service: str

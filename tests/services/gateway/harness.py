@@ -20,7 +20,7 @@ from nexusd.runtime.settings import SharedSettings
 from nexusd.services.gateway import GatewayService
 from nexusd.services.gateway.keys import ApiKey, new_key, write_keys
 from tests.helpers.net import free_port, wait_for
-from tests.helpers.proc import REPO, service_env
+from tests.helpers.proc import REPO, service_env, terminate
 
 
 def make_keys(path: Path, specs: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -121,10 +121,4 @@ def run_gateway(tmp_path: Path, env: dict[str, str]) -> Iterator[GatewayProcess]
         wait_for(ready, timeout=30, what="gateway ready")
         yield gw
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)

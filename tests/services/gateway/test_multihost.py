@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers.etcd import etcd_binary
 from tests.helpers.net import wait_for
-from tests.helpers.proc import REPO, service_env
+from tests.helpers.proc import REPO, service_env, terminate
 from tests.services.gateway.harness import make_keys
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
@@ -82,15 +82,7 @@ def spawn(stack: ExitStack, ns: str, cmd: list[str], env: dict[str, str], log: P
     with open(log, "wb") as f:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], env=env, stdout=f, stderr=f, cwd=REPO)
 
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    stack.callback(stop)
+    stack.callback(terminate, proc, 15)
     return proc
 
 

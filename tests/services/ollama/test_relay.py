@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.helpers.net import free_port, wait_for
-from tests.helpers.proc import run_service
+from tests.helpers.proc import run_service, terminate
 from tests.services.ollama.support import metric
 
 pytest.importorskip("llama_cpp.server.app")
@@ -39,8 +39,7 @@ def upstream(tmp_path_factory):
                  timeout=120, what="llama_cpp.server")
         yield url
     finally:
-        proc.terminate()
-        proc.wait(20)
+        terminate(proc)
         log.close()
 
 
