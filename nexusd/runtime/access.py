@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nexusd.runtime.logs import journal_field
+from nexusd.runtime.logs import escape_controls, journal_field
 
 AccessSink = Callable[[str, str, int, float, str], None]
 
@@ -94,6 +94,7 @@ def text_sink(service: str, stream: Any = None) -> AccessSink:
     out = _BufferedLines(stream)
 
     def sink(method: str, path: str, status: int, ms: float, rid: str) -> None:
+        path = escape_controls(path)  # a decoded %0A must not start a forged line
         out.add(f"{time.strftime('%H:%M:%S')} I nexusd.access: {method} {path} {status} {ms:.1f}ms [{rid}]\n")
 
     return sink

@@ -8,7 +8,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
 from nexusd.runtime.pipeline import CATCH_ALL, RequestPipeline, add_request_id_header, unmatched
@@ -16,6 +16,12 @@ from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:
     from nexusd.runtime.health import Readiness
+
+
+# `Server: nexusd` on every response, not Python's and aiohttp's versions. aiohttp reads this
+# module global for each response that sets no Server header (its own 400s included); setting
+# the header per response instead would cost every request.
+web_response.SERVER_SOFTWARE = "nexusd"  # type: ignore[attr-defined]
 
 
 def metadata_document(service: Service) -> MetadataDocument:

@@ -73,10 +73,18 @@ class JsonFormatter(logging.Formatter):
         return _encode(doc)
 
 
+def escape_controls(text: str) -> str:
+    """Control characters as escapes, so a decoded path (`%0A`) cannot forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = getattr(record, "request_id", None)
-        line = f"{time.strftime('%H:%M:%S')} {record.levelname[0]} {record.name}: {record.getMessage()}"
+        msg = escape_controls(record.getMessage())
+        line = f"{time.strftime('%H:%M:%S')} {record.levelname[0]} {record.name}: {msg}"
         if rid:
             line += f" [{rid}]"
         if record.exc_info:

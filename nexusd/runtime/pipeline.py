@@ -161,7 +161,7 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-CATCH_ALL = "/{nexus_unmatched:.*}"
+CATCH_ALL = "/{nexus_unmatched:[\\s\\S]*}"  # [\s\S]: a decoded %0A in a path must match too
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,5 +1,9 @@
 """Request bodies: JSON only, validated by a pydantic model, errors as 400/415 envelopes with
-`param` naming the field (as OpenAI does)."""
+`param` naming the field (as OpenAI does).
+
+JSON nesting is bounded (MAX_DEPTH): Python's decoder recurses per level, so a body of a few
+hundred kilobytes of `[` is a RecursionError, and anything deep that gets through costs every
+later walk (validation, dumps) the same recursion. No API here takes more than a few levels."""
 
 from __future__ import annotations
 
@@ -13,6 +17,42 @@ from nexusd.runtime.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_DEPTH = 64
+
+
+def too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when containers nest deeper than `limit` (iterative: no recursion of our own)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+    return False
+
+
+def loads(raw: bytes | str) -> Any:
+    """json.loads with bad input as 400 `invalid_json`, nesting depth included."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        data = None
+        deep = True
+    else:
+        # A body with few brackets cannot nest deeply: counting them is C-fast, the walk is not.
+        brackets = raw.count(b"[" if isinstance(raw, bytes) else "[") \
+            + raw.count(b"{" if isinstance(raw, bytes) else "{")
+        deep = brackets > MAX_DEPTH and too_deep(data)
+    if deep:
+        raise ApiError(400, f"Request body is not valid JSON: nested deeper than {MAX_DEPTH} levels",
+                       code="invalid_json")
+    return data
+
 
 async def read_json(request: web.Request) -> Any:
     if request.content_type != "application/json":
@@ -21,11 +61,7 @@ async def read_json(request: web.Request) -> Any:
             f"Content-Type must be application/json, got {request.content_type or 'none'}",
             code="unsupported_media_type",
         )
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    return loads(await request.read())
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -68,7 +68,9 @@ class GatewayService(Service):
         registry.register(InstanceCollector(self._snapshot))
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.aggregation.report, self.recent_errors, self.version)
-        self._auth = make_auth_check(self.keys, self.limiter, self._rejected)
+        self._auth = make_auth_check(self.keys, self.limiter, self._rejected,
+                                     failures_per_minute=settings.auth_failures_per_minute,
+                                     trusted_proxies=settings.trusted_proxy_networks)
 
     # --- what the runtime asks -----------------------------------------------------------
     def listeners(self) -> list[Listener]:
@@ -100,11 +102,11 @@ class GatewayService(Service):
             Endpoint("POST", "/v1/audio/speech", relay, "audio.speech", streaming=True),
             Endpoint("GET", "/v1/audio/voices", relay, "audio.voices"),
             Endpoint("GET", "/v1/models", self.aggregation.list_models, "models.list"),
-            Endpoint("GET", "/v1/models/{model:.+}", self.aggregation.get_model, "models.retrieve"),
+            Endpoint("GET", "/v1/models/{model:[\\s\\S]+}", self.aggregation.get_model, "models.retrieve"),
             Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",
                      public=True),  # capability URL: no key, no guard
             # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
-            Endpoint("*", "/{tail:.*}", relay, "gateway.relay", listed=False),
+            Endpoint("*", "/{tail:[\\s\\S]*}", relay, "gateway.relay", listed=False),
             # 8801: the operators' status page (server-rendered, refreshes itself).
             Endpoint("GET", "/", self._status_page, "gateway.status", listed=False, listener="obs"),
         ]

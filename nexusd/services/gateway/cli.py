@@ -12,7 +12,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nexusd.services.gateway.keys import KeyFileError, new_key, parse_expiry, read_keys, write_keys
+from nexusd.services.gateway.keys import (
+    KeyFileError,
+    locked,
+    new_key,
+    parse_expiry,
+    read_keys,
+    write_keys,
+)
 
 DEFAULT_FILE = "/etc/nexus/api-keys"
 
@@ -36,6 +43,11 @@ def _positive(text: str) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     path = _path(args)
+    with locked(path):  # read-modify-write: a concurrent add or revoke must not be lost
+        return _add(args, path)
+
+
+def _add(args: argparse.Namespace, path: Path) -> int:
     keys = read_keys(path)
     if any(k.name == args.name for k in keys.values()):
         print(f"nexusd keys: a key named {args.name!r} exists; revoke it first", file=sys.stderr)
@@ -67,6 +79,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     path = _path(args)
+    with locked(path):
+        return _revoke(args, path)
+
+
+def _revoke(args: argparse.Namespace, path: Path) -> int:
     keys = read_keys(path)
     kept = [k for k in keys.values() if k.name != args.name and k.id != args.name]
     if len(kept) == len(keys):

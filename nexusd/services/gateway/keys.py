@@ -16,6 +16,7 @@ The file is JSON lines, one key per line (`#` comments and blank lines allowed):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -23,6 +24,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +137,22 @@ def read_keys(path: Path) -> dict[str, ApiKey]:
     return keys
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the keys file's writer lock (`<name>.lock` beside it) for a read-modify-write.
+
+    The lock is a separate file because the keys file itself is replaced (os.replace), so a
+    lock on it would be on an inode that is gone after the first writer. Readers (the
+    gateway's reload) need no lock: they see the old file or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
     """Atomically replace the file (same directory), so a reload never sees half.
 
@@ -178,6 +196,10 @@ class KeyStore:
         keys = read_keys(self.path)
         self.keys, self._verified = keys, {}
         return len(keys)
+
+    def is_verified(self, authorization: str | None) -> bool:
+        """Whether this exact header already matched a key (no hashing needed for it)."""
+        return authorization is not None and authorization in self._verified
 
     def authenticate(self, authorization: str | None, now: float) -> tuple[ApiKey | None, str]:
         """The key for an `Authorization` header, or (None, why) — why is safe to show."""

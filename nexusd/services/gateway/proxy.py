@@ -20,6 +20,7 @@ from aiohttp import web
 
 from nexusd.runtime.errors import ApiError, error_body
 from nexusd.runtime.logs import request_id_var
+from nexusd.runtime.validation import loads
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
 from nexusd.services.gateway.instances import Instance
@@ -139,11 +140,13 @@ class Proxy:
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
         ctype = request.headers.get("Content-Type")
         if ctype:
-            headers["Content-Type"] = ctype
+            headers["Content-Type"] = header_value(ctype, "Content-Type")
         accept = request.headers.get("Accept")
         if accept:
-            headers["Accept"] = accept
-        url_path = path or request.raw_path
+            headers["Accept"] = header_value(accept, "Accept")
+        # Path and query only: for an absolute-form target (`GET http://x/... HTTP/1.1`) raw_path
+        # is the whole URL, which must never be appended to an instance's base URL.
+        url_path = path or upstream_target(request)
         tried: Instance | None = None
         start = time.perf_counter()
         for attempt in (0, 1):
@@ -171,6 +174,11 @@ class Proxy:
                 except TimeoutError:
                     self.balancer.failed(inst, connect=False)
                     raise ApiError(504, f"Upstream {inst.name} timed out", code="upstream_timeout") from None
+                except (aiohttp.InvalidURL, ValueError, UnicodeError):
+                    # The client's request could not be turned into an upstream one: its fault,
+                    # never the instance's (counting it would let anyone eject backends).
+                    raise ApiError(400, "Request target or headers cannot be forwarded",
+                                   code="invalid_request") from None
                 except aiohttp.ClientError as exc:
                     self.balancer.failed(inst, connect=False)
                     raise ApiError(502, f"Upstream error: {type(exc).__name__}", code="upstream_error") from None
@@ -224,7 +232,13 @@ class Proxy:
                 if first:
                     self.metrics.observe_first_byte(op, time.perf_counter() - started)
                     first = False
-                await out.write(chunk)  # a client that went away raises here: the upstream closes
+                try:
+                    await out.write(chunk)
+                except (ConnectionError, RuntimeError, aiohttp.ClientError):
+                    # Our client went away: the upstream connection is closed on release, and
+                    # it is not the instance's failure.
+                    log.debug("client of %s went away mid-stream", op)
+                    return out
                 if look and (pending or USAGE_MARK in chunk):
                     pending += chunk
                     if pending.endswith(b"\n\n") or len(pending) > 65536:
@@ -246,6 +260,22 @@ class Proxy:
         return out
 
 
+def upstream_target(request: web.Request) -> str:
+    """The request's path and query, still percent-encoded, origin-form."""
+    raw = request.raw_path
+    if raw[:1] == "/":
+        return raw
+    return request.rel_url.raw_path_qs  # absolute-form (or odd) target: path and query only
+
+
+def header_value(value: str, name: str) -> str:
+    """A header value we pass upstream: printable ASCII only (aiohttp's server accepts more
+    than its client sends, and the upstream call would raise on it)."""
+    if value.isascii() and value.isprintable():
+        return value
+    raise ApiError(400, f"{name} header has characters that cannot be forwarded", code="invalid_request")
+
+
 async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
@@ -255,10 +285,7 @@ async def read_body(request: web.Request) -> bytes:
 
 def inspect_json(body: bytes) -> tuple[str | None, bool]:
     """The two fields routing needs: `model` and `stream`. The body is forwarded unchanged."""
-    try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    data: Any = loads(body)  # 400 invalid_json, nesting depth bounded
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object", code="invalid_json")
     model = data.get("model")

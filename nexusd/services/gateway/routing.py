@@ -47,7 +47,9 @@ class RoutingTable:
         self.by_operation: dict[str, list[Instance]] = {}
         self.defaults: dict[str, str] = {}
         self.ops_with_models: set[str] = set()
-        self.known_models: set[str] = set()  # from every instance, ready or not: 503 vs 404
+        # model or alias -> the operations it is declared for, on every instance, ready or
+        # not: 503 (serves it, none ready) vs 400 (never serves it) vs 404 (no such model)
+        self.known_models: dict[str, set[str]] = {}
         self.models: list[dict[str, Any]] = []  # for /v1/models
 
     @classmethod
@@ -55,8 +57,8 @@ class RoutingTable:
         table = cls()
         for inst in known:
             for m in (inst.metadata or {}).get("models", []):
-                table.known_models.add(m["id"])
-                table.known_models.update(m.get("aliases", []))
+                for name in (m["id"], *m.get("aliases", [])):
+                    table.known_models.setdefault(name, set()).update(m.get("operations", []))
         seen_models: set[str] = set()
         for inst in ready:
             doc = inst.metadata or {}
@@ -110,21 +112,30 @@ class RoutingTable:
         if model is not None and op in self.ops_with_models:
             hit = self.by_model.get((op, model))
             if hit is None:
-                if model in self.known_models:
-                    raise no_instance(f"No ready instance serves model '{model}'")
-                raise ApiError(404, f"The model '{model}' does not exist", param="model",
-                               code="model_not_found")
+                raise self.unroutable(op, model)
             return hit.instances, hit.model_id
         if route.model_required and model is None:
             raise ApiError(400, "you must provide a model parameter", param="model",
                            code="missing_required_parameter")
         instances = self.by_operation.get(op)
         if not instances:
-            if model is not None and model not in self.known_models and self.known_models:
-                raise ApiError(404, f"The model '{model}' does not exist", param="model",
-                               code="model_not_found")
+            if model is not None and self.known_models:
+                raise self.unroutable(op, model)
             raise no_instance(f"No ready instance serves {op}")
         return instances, ""
+
+    def unroutable(self, op: str, model: str) -> ApiError:
+        """Why no instance serves `model` for `op`: only a model that does serve the operation
+        (on an instance not ready now) is worth a retry (503); one that never does is the
+        client's mistake (400, naming what it serves), an unknown one is 404."""
+        ops = self.known_models.get(model)
+        if ops is None:
+            return ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+        if op in ops:
+            return no_instance(f"No ready instance serves model '{model}'")
+        serves = ", ".join(sorted(ops)) or "no operation"
+        return ApiError(400, f"The model '{model}' does not support {op}; it serves: {serves}",
+                        param="model", code="model_not_supported")
 
     def find_model(self, model: str) -> dict[str, Any] | None:
         for m in self.models:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from nexusd.runtime.settings import ServiceSettings, service_config
+from nexusd.services.gateway.ratelimit import Network, parse_networks
 
 # The seed's convention: any <NAME>_BASE_URL is a backend. OPENAI_BASE_URL is what clients use
 # to reach *us*, so it is never a backend.
@@ -23,6 +24,10 @@ def env_base_urls(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         if name.endswith("_BASE_URL") and name not in IGNORED_BASE_URLS
         and value.strip().startswith(("http://", "https://"))
     }
+
+
+def split_list(value: str) -> list[str]:
+    return [v for v in value.replace(",", " ").split() if v]
 
 
 class GatewaySettings(ServiceSettings):
@@ -53,7 +58,23 @@ class GatewaySettings(ServiceSettings):
     tls_cert: str = Field("", description="HTTPS on the API port: certificate chain (PEM); a relative name is "
                                           "looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
     tls_key: str = Field("", description="HTTPS on the API port: private key (PEM), as tls_cert")
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="Failed authentications a client address may make per minute (burst as large); "
+                              "past it, 429 before any key is checked")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client "
+                        "address (for the per-address limits); unset: the socket's peer is the client")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        parse_networks(split_list(v))  # a typo fails at start, naming the setting
+        return v
+
+    @property
+    def trusted_proxy_networks(self) -> list[Network]:
+        return parse_networks(split_list(self.trusted_proxies))
 
     @field_validator("static_backends", mode="before")
     @classmethod
