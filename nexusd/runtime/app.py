@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from nexusd.runtime.errors import ErrorFormat
 from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
-from nexusd.runtime.pipeline import CATCH_ALL, RequestPipeline, add_request_id_header, unmatched
+from nexusd.runtime.pipeline import RequestPipeline, add_request_id_header, catch_all, unmatched
 from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:
@@ -83,11 +84,15 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
         handler_args={"tcp_keepalive": True},
     )
 
+    formats: dict[str, ErrorFormat] = {}  # resource → its routes' error format, for 405s
+
     def add(method: str, path: str, handler: Any, endpoint: Endpoint | None = None,
             liveness: bool = False) -> None:
         resource = app.router.add_resource(path)
         wrapped = pipeline.wrap(handler, endpoint, resource.canonical, guarded=not liveness)
         resource.add_route(method, wrapped)
+        if endpoint is not None:
+            formats[resource.canonical] = endpoint.errors
         if liveness:
             resource.add_route("HEAD", wrapped)
 
@@ -110,8 +115,13 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
 
         add("POST", "/_test/block", block_loop)
         add("GET", "/_test/slow", slow)
-    unmatched_resource = app.router.add_resource(CATCH_ALL)
-    unmatched_resource.add_route("*", pipeline.wrap(unmatched, None, "unmatched"))
+    # Unmatched paths: under a declared prefix in that prefix's error format (longest first),
+    # then everything else in OpenAI's; the catch-alls come last, so they only get the rest.
+    not_served = unmatched(formats)
+    for prefix, fmt in sorted(service.error_formats.items(), key=lambda kv: -len(kv[0])):
+        app.router.add_resource(catch_all(prefix)).add_route(
+            "*", pipeline.wrap(not_served, None, "unmatched", errors=fmt))
+    app.router.add_resource(catch_all()).add_route("*", pipeline.wrap(not_served, None, "unmatched"))
     # Responses a handler prepares itself (streams, relays) get X-Request-ID through this hook;
     # the pipeline adds it to every other response. An app without such endpoints skips the
     # hook: aiohttp awaits the signal for every response (~1-2 µs) once it has a receiver.

@@ -61,8 +61,11 @@ class Server:
         listeners = self.service.listeners()
         for i, listener in enumerate(listeners):
             app = build_app(self.service, listener, self.readiness)
+            # handler_cancellation: a client that disconnects cancels its handler, the one way
+            # every service learns it (a relay stops its upstream call; work in a worker thread
+            # stops at its next step through admission.in_worker); the pipeline records 499.
             runner = web.AppRunner(app, shutdown_timeout=self.settings.drain_timeout, access_log=None,
-                                   handler_cancellation=self.service.handler_cancellation)
+                                   handler_cancellation=True)
             await runner.setup()
             self.runners.append(runner)
             sock = inherited.get(listener.name) or (inherited.get(f"fd{i}") if inherited else None)

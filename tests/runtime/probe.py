@@ -24,6 +24,7 @@ class ProbeService(Service):
     name = "probe"
     Settings = ProbeSettings
     default_resources = Resources(cpu="1", memory="64Mi")
+    error_formats = {"/api/": "ollama"}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -40,6 +41,11 @@ class ProbeService(Service):
             Endpoint("GET", "/v1/headers", self.headers, "probe.headers", listed=False),
             Endpoint("GET", "/v1/forward", self.forward, "probe.forward"),
             Endpoint("GET", "/v1/stream", self.stream, "probe.stream", streaming=True),
+            # The same handlers in the other error formats (Anthropic's /v1/messages, Ollama's /api/*).
+            Endpoint("POST", "/v1/messages", self.items, "probe.messages", max_body=64, errors="anthropic"),
+            Endpoint("GET", "/v1/messages/boom", self.boom, "probe.messages_boom", errors="anthropic"),
+            Endpoint("POST", "/api/items", self.items, "probe.api_items", max_body=64, errors="ollama"),
+            Endpoint("GET", "/api/boom", self.boom, "probe.api_boom", errors="ollama"),
         ]
 
     def checks(self):
