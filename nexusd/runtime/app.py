@@ -5,7 +5,6 @@ RequestPipeline (pipeline.py)."""
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from nexusd.runtime.pipeline import RequestPipeline, add_request_id_header, catc
 from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:
+    from nexusd.runtime.access import AccessSink
     from nexusd.runtime.health import Readiness
 
 
@@ -70,14 +70,16 @@ class ContractRoutes:
         return resp
 
 
-def build_app(service: Service, listener: Listener, readiness: Readiness) -> web.Application:
+def build_app(service: Service, listener: Listener, readiness: Readiness,
+              access: AccessSink | None = None) -> web.Application:
     """One app per listener. Every route's handler is wrapped by the RequestPipeline (request id,
     token, limits, guard, envelopes, metrics, access record); a final catch-all route gives
     unmatched paths the same treatment (404/405 envelopes)."""
     routes = ContractRoutes(service, readiness)
     shared = service.shared
     pipeline = RequestPipeline(service.runtime.metrics, internal_token=shared.internal_token,
-                               access=shared.access_log, guard=service.guard(listener))
+                               access=shared.access_log, guard=service.guard(listener), sink=access,
+                               log_probes=shared.access_log_probes)
     app = web.Application(
         middlewares=service.middlewares(listener),  # extra ones run around the pipeline
         client_max_size=service.settings.max_body,
@@ -87,9 +89,10 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
     formats: dict[str, ErrorFormat] = {}  # resource → its routes' error format, for 405s
 
     def add(method: str, path: str, handler: Any, endpoint: Endpoint | None = None,
-            liveness: bool = False) -> None:
+            liveness: bool = False, probe: bool = False) -> None:
         resource = app.router.add_resource(path)
-        wrapped = pipeline.wrap(handler, endpoint, resource.canonical, guarded=not liveness)
+        wrapped = pipeline.wrap(handler, endpoint, resource.canonical, guarded=not liveness,
+                                probe=probe or liveness)
         resource.add_route(method, wrapped)
         if endpoint is not None:
             formats[resource.canonical] = endpoint.errors
@@ -98,8 +101,8 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
 
     add("GET", "/health", routes.health, liveness=True)  # liveness is never guarded
     if listener.observability:
-        add("GET", "/readyz", routes.readyz)
-        add("GET", "/metrics", routes.metrics)
+        add("GET", "/readyz", routes.readyz, probe=True)
+        add("GET", "/metrics", routes.metrics, probe=True)
         add("GET", "/v1/metadata", routes.metadata)
     served = []
     for ep in service.endpoints():
@@ -110,11 +113,6 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
         ep = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
         add(ep.method, ep.path, ep.handler, ep)
         served.append(ep)
-    if os.environ.get("NEXUS_TEST_HOOKS") == "1":
-        from nexusd.runtime.testhooks import block_loop, slow
-
-        add("POST", "/_test/block", block_loop)
-        add("GET", "/_test/slow", slow)
     # Unmatched paths: under a declared prefix in that prefix's error format (longest first),
     # then everything else in OpenAI's; the catch-alls come last, so they only get the rest.
     not_served = unmatched(formats)

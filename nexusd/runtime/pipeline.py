@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nexusd.runtime.access import AccessSink
 from nexusd.runtime.errors import (
     CLIENT_CLOSED,
     ApiError,
@@ -75,25 +76,29 @@ class RequestPipeline:
     """Wraps handlers with the runtime's per-request work. One per listener app."""
 
     def __init__(self, metrics: Metrics, *, internal_token: str, access: bool,
-                 guard: Callable[[web.Request], None] | None = None) -> None:
+                 guard: Callable[[web.Request], None] | None = None, sink: AccessSink | None = None,
+                 log_probes: bool = False) -> None:
         """`guard`: the service's synchronous check run just before the handler (e.g. the
-        gateway's API keys); it raises ApiError to refuse."""
-        from nexusd.runtime import access as access_records
-
+        gateway's API keys); it raises ApiError to refuse. `sink`: the process's access log
+        (access.py); None writes access records through `logging` (in-process servers).
+        `log_probes`: access records for /health, /readyz and /metrics too (they are counted in
+        /metrics either way; a readiness poll every 2 s is ~43,000 journal lines a day)."""
         self.stats = metrics.http
         self.internal_token = internal_token
         self.guard = guard
-        # Decided once: the fast sink when logging was set up for a process, else logging itself.
-        self.sink = access_records.current_sink
+        self.sink = sink
         self.access = access and access_log.isEnabledFor(logging.INFO)
+        self.log_probes = log_probes
 
     def wrap(self, handler: Any, endpoint: Endpoint | None, label: str, guarded: bool = True,
-             errors: ErrorFormat | None = None) -> Any:
+             errors: ErrorFormat | None = None, probe: bool = False) -> Any:
         """`guarded=False` (liveness) and `public` endpoints (capability URLs) skip the guard.
+        `probe` routes (/health, /readyz, /metrics) get no access record unless `log_probes`.
         Errors are rendered in `errors`, else the endpoint's format, else OpenAI's; an ApiError
         that names its own `format` (the catch-all's 405) keeps it."""
         stats, observe = self.stats, self.stats.observe
-        internal_token, sink, access = self.internal_token, self.sink, self.access
+        internal_token, sink = self.internal_token, self.sink
+        access = self.access and (self.log_probes or not probe)
         public = endpoint is not None and endpoint.public
         guard = self.guard if guarded and not public else None
         # What this route checks, decided when it is added.

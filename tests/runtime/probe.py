@@ -1,10 +1,15 @@
-"""`ProbeService`: a small real Service used by the in-process runtime tests. Each endpoint
-exercises one runtime feature (validation, body limit, unhandled error, public and pass-through
-routes, the shared client)."""
+"""`ProbeService`: a small real Service used by the runtime tests. Each endpoint exercises one
+runtime feature (validation, body limit, unhandled error, public and pass-through routes, the
+shared client, admission, SSE), and two make it misbehave (a blocked event loop for the watchdog
+tests, a slow request for the drain tests). In process through `serve_inprocess`, or as its own
+process (`python -m tests.runtime.probe`, through the runtime's public `main`, as `nexusd run`)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -51,6 +56,8 @@ class ProbeService(Service):
             Endpoint("GET", "/v1/stream", self.stream, "probe.stream", streaming=True),
             Endpoint("POST", "/v1/work", self.work, "probe.work"),
             Endpoint("GET", "/v1/events", self.events, "probe.events", streaming=True),
+            Endpoint("POST", "/_test/block", self.block_loop, "probe.block"),
+            Endpoint("GET", "/_test/slow", self.slow, "probe.slow"),
             # The same handlers in the other error formats (Anthropic's /v1/messages, Ollama's /api/*).
             Endpoint("POST", "/v1/messages", self.items, "probe.messages", max_body=64, errors="anthropic"),
             Endpoint("GET", "/v1/messages/boom", self.boom, "probe.messages_boom", errors="anthropic"),
@@ -127,3 +134,19 @@ class ProbeService(Service):
         await resp.write(sse.DONE)
         await resp.write_eof()
         return resp
+
+    async def block_loop(self, request: web.Request) -> web.Response:
+        seconds = float(request.query.get("seconds", "5"))
+        time.sleep(seconds)  # deliberately blocks the loop: the watchdog must notice
+        return web.json_response({"blocked": seconds})
+
+    async def slow(self, request: web.Request) -> web.Response:
+        seconds = float(request.query.get("seconds", "2"))
+        await asyncio.sleep(seconds)
+        return web.json_response({"slept": seconds})
+
+
+if __name__ == "__main__":
+    from nexusd.runtime.server import main
+
+    sys.exit(main(ProbeService))
