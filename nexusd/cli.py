@@ -28,24 +28,9 @@ def _service(name: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nexusd.runtime.logs import setup_logging
-    from nexusd.runtime.server import run_service
-    from nexusd.runtime.settings import EX_CONFIG, ConfigError, SharedSettings, load_settings
+    from nexusd.runtime.server import main as run_main
 
-    cls = _service(args.service)
-    try:  # settings are validated before anything is bound
-        shared = load_settings(SharedSettings)
-        settings = load_settings(cls.Settings)
-    except ConfigError as exc:
-        print(f"nexusd {args.service}: invalid configuration: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    setup_logging(cls.name, shared.log_format, shared.log_level)
-    try:
-        run_service(cls, settings, shared)
-    except ConfigError as exc:
-        print(f"nexusd {args.service}: invalid configuration: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    return 0
+    return run_main(_service(args.service))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The shared runtime every nexusd service runs on (see docs/service-contract.md)."""
 
-from nexusd.runtime.errors import ApiError
+from nexusd.runtime.errors import ApiError, ClientGone, ErrorFormat
 from nexusd.runtime.metadata import (
     Capabilities,
     Concurrency,
@@ -14,8 +14,10 @@ from nexusd.runtime.validation import parse_json
 __all__ = [
     "ApiError",
     "Capabilities",
+    "ClientGone",
     "Concurrency",
     "Endpoint",
+    "ErrorFormat",
     "Listener",
     "ModelInfo",
     "Resources",

@@ -5,7 +5,8 @@ Access records are the one log line written per request, so they are on the hot 
 the runtime adds (bench/runtime_echo). Here each format builds its line directly:
 - json / text: lines are buffered and written with one write+flush every FLUSH_DELAY (20 ms):
   under load one syscall carries hundreds of records (a write per record costs ~5 µs); the
-  buffer is also flushed on stop and at exit, so nothing is lost on a clean shutdown;
+  buffer is also flushed when the server closes its AccessLog on stop (and at exit, should the
+  process end without stopping), so nothing is lost on a clean shutdown;
 - journal: one native datagram per record (journald needs each record as its own datagram).
 The records carry the same fields as the `logging` ones (docs/service-contract.md); they never
 include headers or bodies.
@@ -20,23 +21,25 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nexusd.runtime.logs import escape_controls, journal_field
 
+# (method, path, status, duration in ms, request id)
 AccessSink = Callable[[str, str, int, float, str], None]
 
 
 FLUSH_DELAY = 0.02  # seconds an access line may wait in the buffer
-_buffers: list[_BufferedLines] = []
 
 
-def flush_all() -> None:
-    for buffer in _buffers:
-        buffer.flush()
+@dataclass(frozen=True)
+class AccessLog:
+    """Where a server's access records go: `write` on every request, `close` once on stop.
+    Made by `open_access_log` for a process and passed to the server explicitly."""
 
-
-atexit.register(flush_all)
+    write: AccessSink
+    close: Callable[[], None]
 
 
 class _BufferedLines:
@@ -46,7 +49,11 @@ class _BufferedLines:
         self.stream = stream or sys.stderr
         self.lines: list[str] = []
         self.scheduled = False
-        _buffers.append(self)
+        atexit.register(self.flush)  # until close(): a process that exits without stopping
+
+    def close(self) -> None:
+        self.flush()
+        atexit.unregister(self.flush)
 
     def add(self, line: str) -> None:
         self.lines.append(line)
@@ -73,8 +80,8 @@ def _plain(s: str) -> bool:
     return s.isprintable() and '"' not in s and "\\" not in s
 
 
-def json_sink(service: str, stream: Any = None) -> AccessSink:
-    out = _BufferedLines(stream)
+def json_sink(service: str, stream: Any = None, out: _BufferedLines | None = None) -> AccessSink:
+    out = out or _BufferedLines(stream)
     head = f'{{"ts":%.6f,"level":"info","service":{json.dumps(service)},"logger":"nexusd.access","msg":'
     dumps = json.dumps
 
@@ -90,8 +97,8 @@ def json_sink(service: str, stream: Any = None) -> AccessSink:
     return sink
 
 
-def text_sink(service: str, stream: Any = None) -> AccessSink:
-    out = _BufferedLines(stream)
+def text_sink(service: str, stream: Any = None, out: _BufferedLines | None = None) -> AccessSink:
+    out = out or _BufferedLines(stream)
 
     def sink(method: str, path: str, status: int, ms: float, rid: str) -> None:
         path = escape_controls(path)  # a decoded %0A must not start a forged line
@@ -100,8 +107,8 @@ def text_sink(service: str, stream: Any = None) -> AccessSink:
     return sink
 
 
-def journal_sink(service: str, address: str) -> AccessSink:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+def journal_sink(service: str, address: str, sock: socket.socket | None = None) -> AccessSink:
+    sock = sock or socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     fixed = b"".join([
         journal_field("PRIORITY", 6), journal_field("SYSLOG_IDENTIFIER", f"nexus-{service}"),
         journal_field("NEXUS_SERVICE", service), journal_field("LOGGER", "nexusd.access"),
@@ -122,15 +129,10 @@ def journal_sink(service: str, address: str) -> AccessSink:
     return sink
 
 
-# Set by setup_logging(); None means "go through logging" (in-process servers in tests).
-current_sink: AccessSink | None = None
-
-
-def configure(service: str, fmt: str, journal_address: str) -> None:
-    global current_sink
+def open_access_log(service: str, fmt: str, journal_address: str) -> AccessLog:
+    """The access log of a process logging in `fmt` (json, text or journal; see logs.py)."""
     if fmt == "journal":
-        current_sink = journal_sink(service, journal_address)
-    elif fmt == "text":
-        current_sink = text_sink(service)
-    else:
-        current_sink = json_sink(service)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        return AccessLog(journal_sink(service, journal_address, sock), sock.close)
+    out = _BufferedLines()
+    return AccessLog((text_sink if fmt == "text" else json_sink)(service, out=out), out.close)

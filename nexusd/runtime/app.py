@@ -5,16 +5,17 @@ RequestPipeline (pipeline.py)."""
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web, web_response
 
+from nexusd.runtime.errors import ErrorFormat
 from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
-from nexusd.runtime.pipeline import CATCH_ALL, RequestPipeline, add_request_id_header, unmatched
+from nexusd.runtime.pipeline import RequestPipeline, add_request_id_header, catch_all, unmatched
 from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:
+    from nexusd.runtime.access import AccessSink
     from nexusd.runtime.health import Readiness
 
 
@@ -75,32 +76,39 @@ class ContractRoutes:
         return resp
 
 
-def build_app(service: Service, listener: Listener, readiness: Readiness) -> web.Application:
+def build_app(service: Service, listener: Listener, readiness: Readiness,
+              access: AccessSink | None = None) -> web.Application:
     """One app per listener. Every route's handler is wrapped by the RequestPipeline (request id,
     token, limits, guard, envelopes, metrics, access record); a final catch-all route gives
     unmatched paths the same treatment (404/405 envelopes)."""
     routes = ContractRoutes(service, readiness)
     shared = service.shared
     pipeline = RequestPipeline(service.runtime.metrics, internal_token=shared.internal_token,
-                               access=shared.access_log, guard=service.guard(listener))
+                               access=shared.access_log, guard=service.guard(listener), sink=access,
+                               log_probes=shared.access_log_probes)
     app = web.Application(
         middlewares=service.middlewares(listener),  # extra ones run around the pipeline
         client_max_size=service.settings.max_body,
         handler_args={"tcp_keepalive": True},
     )
 
+    formats: dict[str, ErrorFormat] = {}  # resource → its routes' error format, for 405s
+
     def add(method: str, path: str, handler: Any, endpoint: Endpoint | None = None,
-            liveness: bool = False) -> None:
+            liveness: bool = False, probe: bool = False) -> None:
         resource = app.router.add_resource(path)
-        wrapped = pipeline.wrap(handler, endpoint, resource.canonical, guarded=not liveness)
+        wrapped = pipeline.wrap(handler, endpoint, resource.canonical, guarded=not liveness,
+                                probe=probe or liveness)
         resource.add_route(method, wrapped)
+        if endpoint is not None:
+            formats[resource.canonical] = endpoint.errors
         if liveness:
             resource.add_route("HEAD", wrapped)
 
     add("GET", "/health", routes.health, liveness=True)  # liveness is never guarded
     if listener.observability:
-        add("GET", "/readyz", routes.readyz)
-        add("GET", "/metrics", routes.metrics)
+        add("GET", "/readyz", routes.readyz, probe=True)
+        add("GET", "/metrics", routes.metrics, probe=True)
         add("GET", "/v1/metadata", routes.metadata)
     served = []
     for ep in service.endpoints():
@@ -111,13 +119,13 @@ def build_app(service: Service, listener: Listener, readiness: Readiness) -> web
         ep = ep if ep.max_body is not None else _with_limit(ep, service.settings.max_body)
         add(ep.method, ep.path, ep.handler, ep)
         served.append(ep)
-    if os.environ.get("NEXUS_TEST_HOOKS") == "1":
-        from nexusd.runtime.testhooks import block_loop, slow
-
-        add("POST", "/_test/block", block_loop)
-        add("GET", "/_test/slow", slow)
-    unmatched_resource = app.router.add_resource(CATCH_ALL)
-    unmatched_resource.add_route("*", pipeline.wrap(unmatched, None, "unmatched"))
+    # Unmatched paths: under a declared prefix in that prefix's error format (longest first),
+    # then everything else in OpenAI's; the catch-alls come last, so they only get the rest.
+    not_served = unmatched(formats)
+    for prefix, fmt in sorted(service.error_formats.items(), key=lambda kv: -len(kv[0])):
+        app.router.add_resource(catch_all(prefix)).add_route(
+            "*", pipeline.wrap(not_served, None, "unmatched", errors=fmt))
+    app.router.add_resource(catch_all()).add_route("*", pipeline.wrap(not_served, None, "unmatched"))
     # Responses a handler prepares itself (streams, relays) get X-Request-ID through this hook;
     # the pipeline adds it to every other response. An app without such endpoints skips the
     # hook: aiohttp awaits the signal for every response (~1-2 µs) once it has a receiver.

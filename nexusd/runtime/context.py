@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import secrets
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from nexusd.runtime.admission import Admission, AdmissionStats
 from nexusd.runtime.http import client_session
 from nexusd.runtime.metrics import Metrics
 from nexusd.runtime.settings import SharedSettings
@@ -34,6 +35,15 @@ class Runtime:
         self.base_url = ""  # set once sockets are bound
         self.ready = False
         self._http: aiohttp.ClientSession | None = None
+        self._queues = AdmissionStats()
+        self.metrics.registry.register(self._queues)
+
+    def admission(self, name: str, capacity: int, max_queue: int, **kwargs: Any) -> Admission:
+        """A bounded slot + queue (runtime/admission.py) whose gauges are on /metrics as
+        `nexus_queue_*{queue=name}`."""
+        queue = Admission(name, capacity, max_queue, **kwargs)
+        self._queues.queues.append(queue)
+        return queue
 
     def status(self, text: str) -> None:
         """STATUS= for `systemctl status`."""

@@ -141,12 +141,24 @@ class JournalHandler(logging.Handler):
         super().close()
 
 
-def setup_logging(service: str, fmt: str = "auto", level: str = "info") -> logging.Handler:
+def resolve_format(fmt: str) -> str:
+    """NEXUS_LOG_FORMAT=auto: the journal's native records when stderr is the journal, else JSON."""
     if fmt == "auto":
-        fmt = "journal" if stderr_is_journal() else "json"
+        return "journal" if stderr_is_journal() else "json"
+    return fmt
+
+
+def journal_address() -> str:
+    return os.environ.get("NEXUS_JOURNAL_SOCKET", JOURNAL_SOCKET)
+
+
+def setup_logging(service: str, fmt: str = "auto", level: str = "info") -> logging.Handler:
+    """The root logger for a service process. Its access records are not `logging` records:
+    see access.open_access_log, which the caller passes to the server."""
+    fmt = resolve_format(fmt)
     handler: logging.Handler
     if fmt == "journal":
-        handler = JournalHandler(service, os.environ.get("NEXUS_JOURNAL_SOCKET", JOURNAL_SOCKET))
+        handler = JournalHandler(service, journal_address())
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -157,7 +169,4 @@ def setup_logging(service: str, fmt: str = "auto", level: str = "info") -> loggi
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").disabled = True  # the runtime writes its own access records
-    from nexusd.runtime import access
-
-    access.configure(service, fmt, os.environ.get("NEXUS_JOURNAL_SOCKET", JOURNAL_SOCKET))
     return handler

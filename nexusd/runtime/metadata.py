@@ -38,6 +38,11 @@ class EndpointInfo(_Model):
     max_body: int | None = None
 
 
+class Concurrency(_Model):
+    max_inflight: int = Field(ge=1)
+    max_queue: int = Field(ge=0)
+
+
 class ModelInfo(_Model):
     id: str
     operations: list[str]
@@ -45,11 +50,9 @@ class ModelInfo(_Model):
     default_for: list[str] = Field(default_factory=list)
     owned_by: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
-
-
-class Concurrency(_Model):
-    max_inflight: int = Field(ge=1)
-    max_queue: int = Field(ge=0)
+    # This model's own bound (e.g. one generation at a time per model), on top of the
+    # instance's `concurrency`; a gateway queues in front of both.
+    concurrency: Concurrency | None = None
 
 
 class Resources(_Model):

@@ -1,13 +1,14 @@
 """What the runtime does around every handler, on the hot path of every request: request id,
-internal token, per-route body limit, the service's guard, OpenAI error envelopes, metrics and
-the access record.
+internal token, per-route body limit, the service's guard, errors in the route's format
+(errors.py), metrics and the access record.
 
 It wraps each route's handler when the route is added, rather than running as an aiohttp
 middleware: aiohttp builds a middleware chain per request (functools.partial + update_wrapper
 for each, plus its own current-app fix-up), which cost more than everything done here
 (bench/runtime_echo). Wrapping also lets each route know its endpoint and metrics label up
 front. Unmatched paths reach a catch-all route (see app.py) wrapped the same way, so 404/405
-get the same envelopes, ids, metrics and access records."""
+get the same envelopes, ids, metrics and access records (and a declared path prefix its own
+error format: `Service.error_formats`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,14 @@ from typing import Any
 
 from aiohttp import web
 
-from nexusd.runtime.errors import ApiError, from_http_exception
+from nexusd.runtime.access import AccessSink
+from nexusd.runtime.errors import (
+    CLIENT_CLOSED,
+    ApiError,
+    ErrorFormat,
+    from_http_exception,
+    renderer,
+)
 from nexusd.runtime.logs import request_id_var
 from nexusd.runtime.metrics import Metrics
 from nexusd.runtime.service import Endpoint
@@ -68,28 +76,37 @@ class RequestPipeline:
     """Wraps handlers with the runtime's per-request work. One per listener app."""
 
     def __init__(self, metrics: Metrics, *, internal_token: str, access: bool,
-                 guard: Callable[[web.Request], None] | None = None) -> None:
+                 guard: Callable[[web.Request], None] | None = None, sink: AccessSink | None = None,
+                 log_probes: bool = False) -> None:
         """`guard`: the service's synchronous check run just before the handler (e.g. the
-        gateway's API keys); it raises ApiError to refuse."""
-        from nexusd.runtime import access as access_records
-
+        gateway's API keys); it raises ApiError to refuse. `sink`: the process's access log
+        (access.py); None writes access records through `logging` (in-process servers).
+        `log_probes`: access records for /health, /readyz and /metrics too (they are counted in
+        /metrics either way; a readiness poll every 2 s is ~43,000 journal lines a day)."""
         self.stats = metrics.http
         self.internal_token = internal_token
         self.guard = guard
-        # Decided once: the fast sink when logging was set up for a process, else logging itself.
-        self.sink = access_records.current_sink
+        self.sink = sink
         self.access = access and access_log.isEnabledFor(logging.INFO)
+        self.log_probes = log_probes
 
-    def wrap(self, handler: Any, endpoint: Endpoint | None, label: str, guarded: bool = True) -> Any:
-        """`guarded=False` (liveness) and `public` endpoints (capability URLs) skip the guard."""
+    def wrap(self, handler: Any, endpoint: Endpoint | None, label: str, guarded: bool = True,
+             errors: ErrorFormat | None = None, probe: bool = False) -> Any:
+        """`guarded=False` (liveness) and `public` endpoints (capability URLs) skip the guard.
+        `probe` routes (/health, /readyz, /metrics) get no access record unless `log_probes`.
+        Errors are rendered in `errors`, else the endpoint's format, else OpenAI's; an ApiError
+        that names its own `format` (the catch-all's 405) keeps it."""
         stats, observe = self.stats, self.stats.observe
-        internal_token, sink, access = self.internal_token, self.sink, self.access
+        internal_token, sink = self.internal_token, self.sink
+        access = self.access and (self.log_probes or not probe)
         public = endpoint is not None and endpoint.public
         guard = self.guard if guarded and not public else None
         # What this route checks, decided when it is added.
         needs_token = bool(internal_token) and endpoint is not None and not public
         max_body = endpoint.max_body if endpoint is not None else None
         passthrough = endpoint is not None and endpoint.passthrough
+        fmt: ErrorFormat = errors or (endpoint.errors if endpoint is not None else "openai")
+        render = renderer(fmt)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             rid = _request_id(request)
@@ -110,19 +127,19 @@ class RequestPipeline:
                         guard(request)
                     response = await handler(request)
                 except ApiError as exc:
-                    response = exc.response()
+                    response = exc.response(exc.format) if exc.format else render(exc)
                 except web.HTTPException as exc:
                     if passthrough or exc.status < 400:
                         # pass-through errors and redirects raised as exceptions pass unchanged
                         exc.headers[REQUEST_ID] = rid
                         raise
-                    response = from_http_exception(exc).response()
+                    response = render(from_http_exception(exc))
                 except asyncio.CancelledError:
-                    status = 499  # the client went away (nginx's convention)
+                    status = CLIENT_CLOSED  # the client went away (see disconnect handling in server.py)
                     raise
                 except Exception:
                     error_log.exception("unhandled error in %s %s", request.method, request.path)
-                    response = ApiError(500, f"Internal error (request id {rid})", code="internal_error").response()
+                    response = render(ApiError(500, f"Internal error (request id {rid})", code="internal_error"))
                 status = response.status
                 if not response.prepared:  # streamed responses got it in on_response_prepare
                     response.headers[REQUEST_ID] = rid
@@ -147,21 +164,36 @@ class RequestPipeline:
         return handle
 
 
-async def unmatched(request: web.Request) -> web.StreamResponse:
-    """The catch-all route's handler: 405 when another route has this path, else 404."""
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource.canonical == CATCH_ALL:
-            continue
-        match, methods = await resource.resolve(request)
-        if match is None:
-            allowed |= methods
-    if allowed:
-        raise web.HTTPMethodNotAllowed(request.method, allowed)
-    raise web.HTTPNotFound()
+def unmatched(formats: dict[str, ErrorFormat]) -> Any:
+    """The catch-all routes' handler: 405 when another route has this path (in that route's
+    error format: `formats` maps resource → format), else 404."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        fmt: ErrorFormat | None = None
+        for resource in request.app.router.resources():
+            if UNMATCHED in resource.canonical:
+                continue
+            match, methods = await resource.resolve(request)
+            if match is None and methods:
+                allowed |= methods
+                fmt = fmt or formats.get(resource.canonical)
+        if allowed:
+            error = from_http_exception(web.HTTPMethodNotAllowed(request.method, allowed))
+            error.format = fmt
+            raise error
+        raise web.HTTPNotFound()
+
+    return handler
 
 
-CATCH_ALL = "/{nexus_unmatched:[\\s\\S]*}"  # [\s\S]: a decoded %0A in a path must match too
+UNMATCHED = "{nexus_unmatched"
+
+
+def catch_all(prefix: str = "/") -> str:
+    """The catch-all route under a path prefix ("/" = everything). [\\s\\S]: a decoded %0A in a
+    path must match too."""
+    return prefix.rstrip("/") + "/{nexus_unmatched:[\\s\\S]*}"
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -5,6 +5,9 @@
 Signals only set flags: SIGTERM/SIGINT → stop (STOPPING=1, deregister, stop accepting, drain in
 flight requests within NEXUS_<SERVICE>_DRAIN_TIMEOUT, exit 0); SIGHUP → the service's reload
 hook between RELOADING=1 and READY=1. The watchdog pings from a task on the event loop.
+Stopping runs each phase's cleanup, last phase first, each one even when an earlier one failed
+(logged), as svcs' Registry.aclose() does: a service whose stop() raises still gets its
+background tasks cancelled, its HTTP client closed and its access records flushed.
 """
 
 from __future__ import annotations
@@ -14,26 +17,38 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from nexusd.runtime import cgroup, systemd
+from nexusd.runtime.access import AccessLog
 from nexusd.runtime.app import build_app
 from nexusd.runtime.context import Runtime
 from nexusd.runtime.gpu import apply_gpu_memory_limit
 from nexusd.runtime.health import Readiness
 from nexusd.runtime.registry import EtcdRegistry, NullRegistry, registration_record
 from nexusd.runtime.service import Service
-from nexusd.runtime.settings import ConfigError, ServiceSettings, SharedSettings
+from nexusd.runtime.settings import (
+    EX_CONFIG,
+    ConfigError,
+    ServiceSettings,
+    SharedSettings,
+    load_settings,
+)
 
 log = logging.getLogger("nexusd.server")
 ACCEPT_GRACE = 0.25  # s for just-accepted connections to send their request before the drain
 
 
 class Server:
-    def __init__(self, service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings) -> None:
+    def __init__(self, service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings,
+                 access: AccessLog | None = None) -> None:
+        """`access`: where access records go (None: through `logging`, for in-process servers)."""
+        self.access = access
         self.runtime = Runtime(service_cls.name, shared)
         self.service = service_cls(settings, shared, self.runtime)
         self.settings = settings
@@ -60,9 +75,13 @@ class Server:
         inherited = systemd.listen_fds()
         listeners = self.service.listeners()
         for i, listener in enumerate(listeners):
-            app = build_app(self.service, listener, self.readiness)
+            app = build_app(self.service, listener, self.readiness,
+                            self.access.write if self.access is not None else None)
+            # handler_cancellation: a client that disconnects cancels its handler, the one way
+            # every service learns it (a relay stops its upstream call; work in a worker thread
+            # stops at its next step through admission.in_worker); the pipeline records 499.
             runner = web.AppRunner(app, shutdown_timeout=self.settings.drain_timeout, access_log=None,
-                                   handler_cancellation=self.service.handler_cancellation)
+                                   handler_cancellation=True)
             await runner.setup()
             self.runners.append(runner)
             sock = inherited.get(listener.name) or (inherited.get(f"fd{i}") if inherited else None)
@@ -157,7 +176,23 @@ class Server:
     async def stop(self) -> None:
         self.runtime.notifier.stopping()
         log.info("stopping: deregistering and draining (up to %gs)", self.settings.drain_timeout)
-        await self.registry.stop()
+        cleanups: list[tuple[str, Callable[[], Awaitable[None]]]] = [  # last phase first
+            ("deregistering", self.registry.stop),
+            ("draining", self.drain),
+            ("the service's stop()", self.service.stop),
+            ("cancelling background tasks", self.cancel_tasks),
+            ("closing the HTTP client", self.runtime.close),
+        ]
+        for what, cleanup in cleanups:
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("stop: %s failed; going on with the other cleanups", what)
+        log.info("stopped")
+        if self.access is not None:
+            self.access.close()
+
+    async def drain(self) -> None:
         # Stop accepting first, then give connections accepted just before a moment to deliver
         # their request: aiohttp closes a connection with no request yet as idle, which a client
         # of a socket-activated restart (systemd keeps the socket) would see as a lost request.
@@ -168,15 +203,11 @@ class Server:
             await asyncio.sleep(ACCEPT_GRACE)
         for runner in self.runners:  # then wait for in-flight requests (bounded by the drain timeout)
             await runner.cleanup()
-        await self.service.stop()
+
+    async def cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.runtime.close()
-        log.info("stopped")
-        from nexusd.runtime.access import flush_all
-
-        flush_all()
 
     # --- driver ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -201,11 +232,31 @@ class Server:
             await self.stop()
 
 
-def run_service(service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings) -> None:
-    server = Server(service_cls, settings, shared)
+def run_service(service_cls: type[Service], settings: ServiceSettings, shared: SharedSettings,
+                access: AccessLog | None = None) -> None:
+    """Run a service until SIGTERM/SIGINT, in this process (what `nexusd run` does)."""
+    server = Server(service_cls, settings, shared, access)
     try:
         import uvloop
     except ImportError:  # uvloop is a core dependency, but stay usable without it
         asyncio.run(server.run())
     else:
         uvloop.run(server.run())
+
+
+def main(service_cls: type[Service]) -> int:
+    """What `nexusd run <service>` does: settings from the environment (exit 78 naming the bad
+    variable before anything is bound), logging, the access log, then `run_service`."""
+    from nexusd.runtime.access import open_access_log
+    from nexusd.runtime.logs import journal_address, resolve_format, setup_logging
+
+    try:
+        shared = load_settings(SharedSettings)
+        settings = load_settings(service_cls.Settings)
+        fmt = resolve_format(shared.log_format)
+        setup_logging(service_cls.name, fmt, shared.log_level)
+        run_service(service_cls, settings, shared, open_access_log(service_cls.name, fmt, journal_address()))
+    except ConfigError as exc:
+        print(f"nexusd {service_cls.name}: invalid configuration: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return 0

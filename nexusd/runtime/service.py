@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from aiohttp import web
 
 from nexusd import __version__
+from nexusd.runtime.errors import ErrorFormat
 from nexusd.runtime.metadata import Capabilities, Concurrency, ModelInfo, Resources
 from nexusd.runtime.settings import ServiceSettings, SharedSettings
 
@@ -42,6 +43,9 @@ class Endpoint:
     passthrough: bool = False  # True: keep the handler's own error shape (e.g. Ollama's /api/*)
     listed: bool = True  # False: serve it but leave it out of /v1/metadata endpoints
     listener: str = "api"
+    # The shape of every error this route answers (see runtime/errors.py): "openai",
+    # "anthropic" (/v1/messages) or "ollama" (/api/*).
+    errors: ErrorFormat = "openai"
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,9 @@ class Service:
     default_resources: ClassVar[Resources] = Resources()
     socket_activation: ClassVar[bool] = True
     watchdog_sec: ClassVar[int] = 30
-    # True: a client that disconnects cancels its handler (aiohttp's handler_cancellation), so
-    # a relaying service stops its upstream request too.
-    handler_cancellation: ClassVar[bool] = False
+    # Error format of paths no endpoint serves (404s, and the guard's refusals there), by path
+    # prefix: e.g. {"/api/": "ollama"}. Everything else unmatched gets OpenAI's.
+    error_formats: ClassVar[dict[str, ErrorFormat]] = {}
 
     def __init__(self, settings: ServiceSettings, shared: SharedSettings, runtime: Runtime) -> None:
         self.settings = settings

@@ -45,6 +45,8 @@ class SharedSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(True, description="One record per request (on/off)")
+    access_log_probes: bool = Field(False, description="Access records for /health, /readyz and /metrics "
+                                    "too (off: probes are only counted in /metrics)")
     strict_limits: bool = Field(False, description="Refuse to start when cgroup limits differ from resources")
     internal_token: str = Field("", description="When set, API routes require this token")
     gpu_memory: str = Field("", description="GPU memory cap for this process, e.g. 12Gi")

@@ -147,15 +147,17 @@ async def serve_inprocess(service_cls: type[Service], shared: SharedSettings | N
 @contextlib.contextmanager
 def spawn(tmp_path: Path, env: dict[str, str], *, service: str = "template", port: int | None = None,
           prefix: list[str] | None = None, notify: NotifyListener | None = None):
-    """`nexusd run <service>` as a subprocess, optionally behind a wrapper that execs it (so the
-    pid stays the service's), without waiting for readiness; always stopped."""
+    """`nexusd run <service>` (for "probe": tests/runtime/probe.py, run the same way) as a
+    subprocess, optionally behind a wrapper that execs it (so the pid stays the service's),
+    without waiting for readiness; always stopped."""
     port = port or free_port()
     if notify is not None:
         env = {"NOTIFY_SOCKET": notify.address, **env}
     log = tmp_path / f"{service}-{port}.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "nexusd.cli", "run", service],
+            [*(prefix or []), sys.executable, "-m",
+             *(["tests.runtime.probe"] if service == "probe" else ["nexusd.cli", "run", service])],
             env=service_env(service, port, **env), stdout=err, stderr=err, cwd=REPO,
         )
     sp = ServiceProcess(service, port, proc, log)

@@ -122,3 +122,33 @@ def test_stderr_is_journal_matches_device_and_inode(tmp_path, monkeypatch):
         assert not stderr_is_journal()
         monkeypatch.delenv("JOURNAL_STREAM")
         assert not stderr_is_journal()
+
+
+def _access_paths(logs: str) -> set[str]:
+    return {rec["path"] for rec in (json.loads(line) for line in logs.splitlines())
+            if rec.get("logger") == "nexusd.access"}
+
+
+def _probe_and_echo(svc) -> None:
+    for path in ("/health", "/readyz", "/metrics"):
+        assert svc.get(path)[0] == 200
+    assert post_echo(svc.url, {"X-Request-ID": "probe-log-1"}) == 200
+
+
+def test_probes_are_not_access_logged_by_default_but_still_counted(tmp_path):
+    """Readiness polls (the gateway's, every 2 s) must not flood the journal (issue 11 item 8)."""
+    with run_service("template", tmp_path) as svc:
+        _probe_and_echo(svc)
+        metrics = svc.get("/metrics")[1]
+        assert svc.stop() == 0
+        paths = _access_paths(svc.logs())
+    assert paths == {"/v1/echo"}
+    assert 'route="/readyz",status="200"' in metrics and 'route="/health",status="200"' in metrics
+
+
+def test_probe_access_records_can_be_turned_back_on(tmp_path):
+    with run_service("template", tmp_path, env={"NEXUS_ACCESS_LOG_PROBES": "1"}) as svc:
+        _probe_and_echo(svc)
+        assert svc.stop() == 0
+        paths = _access_paths(svc.logs())
+    assert {"/health", "/readyz", "/metrics", "/v1/echo"} <= paths

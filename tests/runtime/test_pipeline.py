@@ -161,3 +161,85 @@ async def test_a_service_guard_runs_before_every_handler_and_refuses_with_an_env
         async with http.post("/v1/items", json={"name": "a"}, headers={"X-Let-In": "yes"}) as r:
             assert r.status == 200
     assert seen[:3] == ["/v1/items", "/v1/nope", "/v1/items"]
+
+
+def assert_anthropic(body: dict, type_: str) -> dict:
+    """Anthropic's error shape: {"type": "error", "error": {"type", "message"}}."""
+    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert set(body["error"]) == {"type", "message"}
+    assert body["error"]["type"] == type_ and body["error"]["message"]
+    return body["error"]
+
+
+def assert_ollama(body: dict) -> str:
+    """Ollama's error shape: {"error": "message"}."""
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    return body["error"]
+
+
+async def test_anthropic_route_answers_every_error_in_anthropic_shape(probe):
+    async with probe.post("/v1/messages", json={"count": 1}) as r:  # validation
+        assert r.status == 400
+        assert "name" in assert_anthropic(await r.json(), "invalid_request_error")["message"]
+    async with probe.post("/v1/messages", data=b"{nope", headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400
+        assert_anthropic(await r.json(), "invalid_request_error")
+    async with probe.post("/v1/messages", data=b"x", headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 415
+        assert_anthropic(await r.json(), "invalid_request_error")
+    async with probe.post("/v1/messages", json={"name": "x" * 100}) as r:  # over its 64 bytes
+        assert r.status == 413
+        assert_anthropic(await r.json(), "request_too_large")
+    async with probe.get("/v1/messages") as r:  # wrong method: the route's format, not the catch-all's
+        assert r.status == 405 and "POST" in r.headers["Allow"]
+        assert_anthropic(await r.json(), "invalid_request_error")
+    async with probe.get("/v1/messages/boom", headers={"X-Request-ID": "a-boom"}) as r:
+        assert r.status == 500
+        message = assert_anthropic(await r.json(), "api_error")["message"]
+        assert "a-boom" in message and "internal detail" not in message
+    async with probe.post("/v1/messages", json={"name": "ok"}) as r:
+        assert r.status == 200
+
+
+async def test_ollama_route_answers_every_error_in_ollama_shape(probe):
+    async with probe.post("/api/items", json={"count": 9}) as r:
+        assert r.status == 400 and "name" in assert_ollama(await r.json())
+    async with probe.post("/api/items", json={"name": "x" * 100}) as r:
+        assert r.status == 413 and assert_ollama(await r.json())
+    async with probe.get("/api/items") as r:
+        assert r.status == 405 and assert_ollama(await r.json())
+    async with probe.get("/api/boom") as r:
+        assert r.status == 500 and assert_ollama(await r.json())
+    async with probe.get("/api/nothing-here") as r:  # unmatched under the declared /api/ prefix
+        assert r.status == 404 and assert_ollama(await r.json())
+    async with probe.get("/v1/nothing-here") as r:  # elsewhere: OpenAI's
+        assert r.status == 404
+        assert_envelope(await r.json(), "not_found_error", "not_found")
+
+
+async def test_internal_token_and_guard_refusals_use_the_route_format():
+    from nexusd.runtime.errors import ApiError
+
+    class Guarded(ProbeService):
+        def guard(self, listener):  # type: ignore[no-untyped-def]
+            def check(request) -> None:  # type: ignore[no-untyped-def]
+                if request.headers.get("X-Let-In") != "yes":
+                    raise ApiError(429, "slow down", code="rate_limited", headers={"Retry-After": "3"})
+            return check
+
+    shared = SharedSettings(internal_token="s3cret-token")
+    async with serve_inprocess(Guarded, shared) as server, aiohttp.ClientSession(server.url) as http:
+        async with http.post("/v1/messages", json={"name": "a"}) as r:
+            assert r.status == 401
+            assert_anthropic(await r.json(), "authentication_error")
+        async with http.post("/api/items", json={"name": "a"}) as r:
+            assert r.status == 401 and assert_ollama(await r.json())
+        token = {"Authorization": "Bearer s3cret-token"}
+        async with http.post("/v1/messages", json={"name": "a"}, headers=token) as r:
+            assert r.status == 429 and r.headers["Retry-After"] == "3"
+            assert_anthropic(await r.json(), "rate_limit_error")
+        async with http.post("/api/nope", json={"name": "a"}, headers=token) as r:
+            assert r.status == 429 and assert_ollama(await r.json()) == "slow down"
+        async with http.post("/v1/items", json={"name": "a"}, headers=token) as r:
+            assert r.status == 429
+            assert_envelope(await r.json(), "rate_limit_error", "rate_limited")

@@ -92,8 +92,8 @@ def test_no_watchdog_pings_when_watchdog_pid_is_another_process(tmp_path, notify
 
 
 def test_blocked_event_loop_stops_the_watchdog(tmp_path, notify_path):
-    env = {"WATCHDOG_USEC": "400000", "NEXUS_TEST_HOOKS": "1"}
-    with spawn(tmp_path, env, notify=notify_path) as svc, ThreadPoolExecutor(1) as pool:
+    env = {"WATCHDOG_USEC": "400000"}
+    with spawn(tmp_path, env, service="probe", notify=notify_path) as svc, ThreadPoolExecutor(1) as pool:
         notify_path.wait_key("READY=1")
         notify_path.wait_key("WATCHDOG=1")
         blocked = pool.submit(http_get, svc.url + "/_test/block?seconds=2", 30, "POST")
@@ -108,8 +108,7 @@ def test_blocked_event_loop_stops_the_watchdog(tmp_path, notify_path):
 
 
 def test_sigterm_drains_a_slow_request_and_exits_0(tmp_path, notify):
-    env = {"NEXUS_TEST_HOOKS": "1"}
-    with spawn(tmp_path, env, notify=notify) as svc, ThreadPoolExecutor(1) as pool:
+    with spawn(tmp_path, {}, service="probe", notify=notify) as svc, ThreadPoolExecutor(1) as pool:
         notify.wait_key("READY=1")
         slow = pool.submit(http_get, svc.url + "/_test/slow?seconds=2")
 
@@ -145,7 +144,7 @@ def test_sighup_reloads_between_reloading_and_ready(tmp_path, notify_path):
 def test_socket_activation_serves_on_the_inherited_socket(tmp_path):
     port, unused = free_port(), free_port()
     activate = [shutil.which("systemd-socket-activate"), "-l", f"127.0.0.1:{port}", "--fdname=api"]
-    env = {"NEXUS_TEST_HOOKS": "0"}
+    env: dict[str, str] = {}
     # systemd-socket-activate passes only the variables named with -E to the service.
     for var in ("NEXUS_TEMPLATE_PORT", "NEXUS_LOG_FORMAT", "PYTHONUNBUFFERED", "PATH", "PYTHONPATH", "HOME"):
         activate += ["-E", var]
@@ -175,3 +174,45 @@ def test_invalid_setting_exits_before_binding(tmp_path):
             assert svc.proc.wait(30) == 78
             lines = svc.logs().strip().splitlines()
     assert len(lines) == 1 and "NEXUS_TEMPLATE_WARMUP" in lines[0]
+
+
+async def test_a_failing_stop_leaves_no_other_cleanup_undone(caplog):
+    """service.stop() raises: the background tasks, the shared HTTP client and the access log's
+    flush still happen (each cleanup isolated, the failure logged), and the server says stopped."""
+    import io
+    import logging
+
+    import aiohttp
+
+    from nexusd.runtime.access import AccessLog, _BufferedLines, json_sink
+    from nexusd.runtime.server import Server
+    from nexusd.runtime.settings import SharedSettings
+    from tests.runtime.probe import ProbeService
+
+    class FailingStop(ProbeService):
+        async def stop(self) -> None:
+            await super().stop()
+            raise RuntimeError("stop failed on purpose")
+
+    caplog.set_level(logging.INFO)  # access records are info records (NEXUS_LOG_LEVEL)
+    out, closed = io.StringIO(), []
+    lines = _BufferedLines(out)
+
+    def close_access() -> None:
+        lines.close()
+        closed.append(True)
+
+    access = AccessLog(json_sink("probe", out=lines), close_access)
+    server = Server(FailingStop, FailingStop.Settings(port=0), SharedSettings(), access)
+    server.check_limits()
+    await server.bind()
+    await server.start()
+    await server.wait_ready()
+    client = server.runtime.http  # the shared client exists
+    async with aiohttp.ClientSession() as http, http.get(server.runtime.base_url + "/v1/public") as r:
+        assert r.status == 200
+    await server.stop()
+    assert client.closed and closed == [True]
+    assert '"path":"/v1/public"' in out.getvalue()  # the buffered access record was written
+    messages = [rec.getMessage() for rec in caplog.records if rec.name == "nexusd.server"]
+    assert any("the service's stop() failed" in m for m in messages) and messages[-1] == "stopped"

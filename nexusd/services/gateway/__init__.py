@@ -38,7 +38,6 @@ class GatewayService(Service):
     description = "OpenAI-compatible front door: API keys, discovery, routing, load balancing, streaming relay"
     capabilities = Capabilities(domains=["gateway"], modalities=["text", "image", "audio"], streaming=True)
     default_resources = Resources(cpu="2", memory="512Mi")
-    handler_cancellation = True  # a client that goes away cancels its upstream request
 
     settings: GatewaySettings
 

@@ -5,6 +5,8 @@
   that "always the least busy" causes when many requests see the same counts.
 - A bounded slot per instance (`max_inflight` from its metadata or our default) with a bounded
   FIFO wait queue; a full queue is 429, a wait past `queue_timeout` is 503, both with Retry-After.
+  A model that declares its own `concurrency` gets a second such slot on that instance, taken
+  first (so requests waiting for a busy model do not hold the instance's slots).
 - Passive ejection: a connect error ejects at once, consecutive 5xx (`eject_after`) too; an
   ejected instance gets no traffic for `cooldown` seconds, then the next success or the next
   ready poll clears its record.
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from nexusd.runtime.errors import ApiError
-from nexusd.services.gateway.instances import Instance
+from nexusd.services.gateway.instances import Instance, ModelGate
 
 EJECTING_STATUSES = frozenset({500, 502, 504})
 
@@ -57,7 +59,24 @@ class Balancer:
                     return inst
         return best
 
-    async def acquire(self, inst: Instance) -> None:
+    async def acquire(self, inst: Instance, model_id: str = "") -> None:
+        gate = inst.model_gates.get(model_id) if inst.model_gates else None
+        if gate is None:
+            return await self._acquire(inst)
+        await self._acquire(gate)
+        try:
+            await self._acquire(inst)
+        except BaseException:
+            self._release(gate)
+            raise
+
+    def release(self, inst: Instance, model_id: str = "") -> None:
+        self._release(inst)
+        gate = inst.model_gates.get(model_id) if inst.model_gates else None
+        if gate is not None:
+            self._release(gate)
+
+    async def _acquire(self, inst: Instance | ModelGate) -> None:
         if inst.outstanding < inst.max_inflight and not inst.waiters:
             inst.outstanding += 1
             return
@@ -70,7 +89,7 @@ class Balancer:
             await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if fut.done() and not fut.cancelled():
-                self.release(inst)  # the slot was handed to us just as we gave up: pass it on
+                self._release(inst)  # the slot was handed to us just as we gave up: pass it on
             else:
                 fut.cancel()
                 try:
@@ -82,7 +101,8 @@ class Balancer:
             raise ApiError(503, f"Timed out after {self.queue_timeout:g}s waiting for {inst.name}",
                            code="queue_timeout", headers={"Retry-After": "2"}) from None
 
-    def release(self, inst: Instance) -> None:
+    @staticmethod
+    def _release(inst: Instance | ModelGate) -> None:
         while inst.waiters:  # hand the slot straight to the next waiter: outstanding unchanged
             fut = inst.waiters.popleft()
             if not fut.done():

@@ -21,6 +21,18 @@ log = logging.getLogger("nexusd.gateway.instances")
 
 
 @dataclass(eq=False)
+class ModelGate:
+    """One model's own bound on one instance (metadata `models[].concurrency`, e.g. one
+    generation at a time per model), held on top of the instance's; same fields as Instance's."""
+
+    name: str
+    max_inflight: int = 1
+    max_queue: int = 0
+    outstanding: int = 0
+    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+
+
+@dataclass(eq=False)
 class Instance:
     base_url: str
     sources: set[str] = field(default_factory=set)
@@ -35,6 +47,7 @@ class Instance:
     max_inflight: int = 1 << 30
     max_queue: int = 0
     waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    model_gates: dict[str, ModelGate] = field(default_factory=dict)  # model id → its own bound
     ejected_until: float = 0.0
     failures: int = 0  # consecutive
     served: int = 0
@@ -190,8 +203,22 @@ class InstanceSet:
         concurrency = doc.get("concurrency") or {}
         inst.max_inflight = int(concurrency.get("max_inflight") or self.default_inflight)
         inst.max_queue = int(concurrency.get("max_queue", self.default_queue))
+        update_model_gates(inst, doc.get("models") or [])
         if inst.metadata != doc:
             inst.metadata = doc
 
     def routable(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.ready and i.metadata is not None and not i.is_gateway]
+
+
+def update_model_gates(inst: Instance, models: list[dict[str, Any]]) -> None:
+    """Per-model bounds from the metadata; a gate that stays keeps its counts (requests hold it)."""
+    gates: dict[str, ModelGate] = {}
+    for m in models:
+        bound = m.get("concurrency")
+        if bound:
+            gate = inst.model_gates.get(m["id"]) or ModelGate(f"{inst.name} model {m['id']}")
+            gate.max_inflight = int(bound.get("max_inflight") or 1)
+            gate.max_queue = int(bound.get("max_queue", 0))
+            gates[m["id"]] = gate
+    inst.model_gates = gates

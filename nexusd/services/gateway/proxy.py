@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from nexusd.runtime.errors import ApiError, error_body
+from nexusd.runtime.errors import ApiError
 from nexusd.runtime.logs import request_id_var
+from nexusd.runtime.sse import error_event
 from nexusd.runtime.validation import loads
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
@@ -65,10 +66,6 @@ def mime(message: web.Request | aiohttp.ClientResponse) -> str:
         if len(_MIMES) < 256:
             _MIMES[raw] = got
     return got
-
-
-def sse_error(message: str, code: str) -> bytes:
-    return b"data: " + json.dumps(error_body(message, "server_error", None, code)).encode() + b"\n\n"
 
 
 class Proxy:
@@ -156,7 +153,7 @@ class Proxy:
                     raise ApiError(502, "Upstream connection failed", code="upstream_unreachable")
                 raise ApiError(503, f"No live instance serves {op}", code="no_instance_available",
                                headers={"Retry-After": "2"})
-            await self.balancer.acquire(inst)
+            await self.balancer.acquire(inst, model_id)
             try:
                 try:
                     resp = await self.session.request(
@@ -187,7 +184,7 @@ class Proxy:
                 finally:
                     resp.release()
             finally:
-                self.balancer.release(inst)
+                self.balancer.release(inst, model_id)
         raise AssertionError("unreachable")
 
     async def relay(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,
@@ -255,7 +252,8 @@ class Proxy:
                 if request.transport is not None:
                     request.transport.close()
                 return out
-            await out.write(sse_error(f"Upstream {inst.name} ended the stream early", "upstream_disconnected"))
+            await out.write(error_event(ApiError(502, f"Upstream {inst.name} ended the stream early",
+                                                     type="server_error", code="upstream_disconnected")))
         await out.write_eof()
         return out
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from nexusd.runtime.validation import parse_json
 from nexusd.services.images.backends import Backend, Job, JobCancelled, load_backend, model_id
 from nexusd.services.images.files import FileStore
 from nexusd.services.images.metrics import ImagesMetrics
-from nexusd.services.images.queue import JobQueue
 from nexusd.services.images.request import (
     MAX_SEED,
     OPENAI_SIZES,
@@ -42,7 +41,6 @@ log = logging.getLogger("nexusd.images")
 
 # OpenAI's model names are served by whatever backend is configured.
 OPENAI_ALIASES = ["dall-e-2", "dall-e-3", "gpt-image-1"]
-CLIENT_POLL_SECONDS = 0.2  # how soon a vanished client's job is cancelled
 
 
 class ImagesService(Service):
@@ -61,6 +59,14 @@ class ImagesService(Service):
         self.load_error: str | None = None
         self.jobs: set[Job] = set()
         self.current: Job | None = None
+        # One job on the generator at a time, a bounded queue in front: torch work never runs on
+        # the event loop (the watchdog pings from it), and one job at a time is what a GPU does best.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="images-gen")
+        self.admission = self.runtime.admission("images", 1, self.settings.max_queue, estimate=5.0,
+                                                what="The image generator")
+        self.store = FileStore(Path(self.settings.cache_dir) / "files", self.runtime.instance_id,
+                               self.settings.file_ttl)
+        self.tasks: list[asyncio.Task[None]] = []  # the loader and the file sweeper
 
     # --- what the service offers -------------------------------------------------------
     def endpoints(self) -> list[Endpoint]:
@@ -77,7 +83,7 @@ class ImagesService(Service):
                           default_for=["images.generate"], owned_by="nexusd", details=details)]
 
     def concurrency(self) -> Concurrency:
-        return Concurrency(max_inflight=1, max_queue=self.settings.max_queue)
+        return self.admission.concurrency
 
     def extra_metadata(self) -> dict[str, Any]:
         return {"backend": self.settings.backend}
@@ -110,12 +116,8 @@ class ImagesService(Service):
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        s = self.settings
-        self.queue = JobQueue(s.max_queue, self.metrics)
-        self.store = FileStore(Path(s.cache_dir) / "files", self.runtime.instance_id, s.file_ttl)
         self.store.open()
-        self.sweeper = asyncio.create_task(self.store.sweep_forever())
-        self.loader = asyncio.create_task(self.load())
+        self.tasks = [asyncio.create_task(self.store.sweep_forever()), asyncio.create_task(self.load())]
 
     async def load(self) -> None:
         """Load and warm up in the worker thread; the `model` check turns green at the end,
@@ -124,9 +126,9 @@ class ImagesService(Service):
         backend = load_backend(self.settings, self.runtime.progress, gpu_memory)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.queue.executor, backend.load)
+            await loop.run_in_executor(self.executor, backend.load)
             if self.settings.warmup:
-                await loop.run_in_executor(self.queue.executor, backend.warmup)
+                await loop.run_in_executor(self.executor, backend.warmup)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz, the unit's start times out
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("loading the %s backend failed", self.settings.backend)
@@ -135,13 +137,11 @@ class ImagesService(Service):
         self.backend = backend
 
     async def stop(self) -> None:
-        if not hasattr(self, "queue"):  # start() never ran
-            return
-        self.loader.cancel()
-        self.sweeper.cancel()
+        for task in self.tasks:
+            task.cancel()
         for job in list(self.jobs):  # requests still running after the drain stop at their next step
             job.cancelled.set()
-        await asyncio.to_thread(self.queue.close)
+        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
         if self.backend is not None:
             self.backend.close()
 
@@ -189,31 +189,20 @@ class ImagesService(Service):
         return (self.settings.public_url or self.runtime.base_url).rstrip("/")
 
     async def _run(self, request: web.Request, backend: Backend, job: Job) -> list[Any]:
-        """Queue the job; cancel it when the client goes away (aiohttp does not cancel handlers
-        by default, so we watch the connection)."""
+        """Queue the job and run it on the generator. A client that goes away cancels this
+        handler: the job leaves the queue, or stops at its next step (`job.cancelled`)."""
         self.jobs.add(job)
-        task = asyncio.ensure_future(self.queue.run(lambda: backend.generate(job)))
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=CLIENT_POLL_SECONDS)
-                if done:
-                    return task.result()
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError
+            return await self.admission.run(self.executor, lambda: backend.generate(job), job.cancelled)
         except ValueError as exc:  # the pipeline refused the arguments (e.g. steps beyond its schedule)
             raise ApiError(400, f"The model refused the request: {exc}", code="invalid_value") from None
         except JobCancelled:
             self.metrics.cancelled.inc()
             raise ApiError(503, "The service is stopping; the job was cancelled", code="cancelled") from None
-        except (ConnectionResetError, asyncio.CancelledError):
-            job.cancelled.set()  # the worker stops at its next step
-            task.cancel()  # leaves the queue if still waiting
-            with contextlib.suppress(asyncio.CancelledError, JobCancelled):
-                await task
+        except asyncio.CancelledError:
             self.metrics.cancelled.inc()
             log.info("client gone: job stopped after %d/%d steps", job.steps_done, job.steps)
-            raise ApiError(499, "Client closed the request", code="client_closed") from None
+            raise
         finally:
             self.jobs.discard(job)
 

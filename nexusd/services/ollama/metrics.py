@@ -32,8 +32,6 @@ class LlmMetrics:
         self.generated = Counter("nexus_llm_generated_tokens",
                                  "Tokens generated (llamacpp), including by generations whose client left",
                                  ["model"], registry=registry)
-        self.queue_depth = Gauge("nexus_llm_queue_depth", "Requests waiting for a model (llamacpp)",
-                                 ["model"], registry=registry)
         self.loaded_models = Gauge("nexus_ollama_loaded_models", "Models the daemon holds in memory (/api/ps)",
                                    registry=registry)
         self.model_vram = Gauge("nexus_ollama_model_vram_bytes", "VRAM used by a loaded model (/api/ps size_vram)",

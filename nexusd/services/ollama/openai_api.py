@@ -1,4 +1,4 @@
-"""The OpenAI request bodies both engines accept, with bounds, and small helpers for SSE.
+"""The OpenAI request bodies both engines accept, with bounds.
 
 Unknown fields are kept (`extra="allow"`) so the `ollama` engine relays what Ollama understands
 (tools, format, keep_alive, ...) unchanged; the `llamacpp` engine uses the fields named here.
@@ -6,17 +6,12 @@ Unknown fields are kept (`extra="allow"`) so the `ollama` engine relays what Oll
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexusd.runtime import sse
 from nexusd.runtime.errors import ApiError
-
-T = TypeVar("T")
 
 MAX_TEXT = 1 << 20  # characters in one prompt, message or embedding input
 MAX_ITEMS = 2048  # messages, prompts or embedding inputs in one request
@@ -112,46 +107,7 @@ def capped(requested: int | None, cap: int) -> int:
     return cap if requested is None else min(requested, cap)
 
 
-def sse_bytes(doc: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-async def start_sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # nginx in front must not buffer tokens
-    })
-    await resp.prepare(request)
-    return resp
-
-
-def client_gone(request: web.Request) -> bool:
-    """aiohttp does not cancel handlers when the client disconnects (handler_cancellation is
-    off by default since 3.9), so long operations ask the transport."""
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-class ClientGone(ApiError):
-    """The client disconnected; answered with nginx's 499 (nobody reads it, the logs do)."""
-
-    def __init__(self) -> None:
-        super().__init__(499, "client closed the request", code="client_closed_request")
-
-
-async def unless_client_leaves(request: web.Request, aw: Awaitable[T], poll: float = 0.1) -> T:
-    """Await `aw`, cancelling it if the client disconnects first (checked every `poll` s)."""
-    task = asyncio.ensure_future(aw)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll)
-            if done:
-                return task.result()
-            if client_gone(request):
-                raise ClientGone()
-    finally:
-        if not task.done():
-            task.cancel()
+# SSE framing is the runtime's (runtime/sse.py); these names are what the engines import.
+sse_bytes = sse.event
+SSE_DONE = sse.DONE
+start_sse = sse.start

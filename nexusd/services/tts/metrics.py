@@ -26,9 +26,6 @@ class TTSMetrics:
         self.cancelled = Counter("nexus_tts_cancelled_requests",
                                  "Requests stopped early because the client went away",
                                  ["backend"], registry=registry).labels(backend)
-        self.rejected = Counter("nexus_tts_rejected_requests",
-                                "Requests refused with 429 because max_inflight + max_queue were taken",
-                                ["backend"], registry=registry).labels(backend)
 
     def ttfb(self, mode: str, seconds: float) -> None:
         self._ttfb.labels(self._backend, mode).observe(seconds)

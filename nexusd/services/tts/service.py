@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from nexusd.runtime import (
     Resources,
     Service,
     parse_json,
+    sse,
 )
 from nexusd.services.tts.audio import content_type
 from nexusd.services.tts.backends import Backend, load_backend_class
@@ -40,15 +40,6 @@ from nexusd.services.tts.synthesis import Synthesis
 from nexusd.services.tts.voices import VoiceBook
 
 log = logging.getLogger("nexusd.tts")
-
-
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-def _sse(event: dict) -> bytes:
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
 class TTSService(Service):
@@ -67,7 +58,10 @@ class TTSService(Service):
         self.voicebook: VoiceBook | None = None
         self.metrics = TTSMetrics(self.runtime.metrics.registry, self.backend.name)
         self.model_ids = {self.backend.name, *OPENAI_MODELS}
-        self.admitted = 0  # speech requests in flight or waiting; bounded by max_inflight + max_queue
+        # Up to max_inflight requests synthesize at once (interleaved sentence by sentence on the
+        # one worker), max_queue more wait; 429 beyond.
+        self.admission = self.runtime.admission("tts", self.settings.max_inflight, self.settings.max_queue,
+                                                what="The speech service")
 
     # --- what the service offers -------------------------------------------------------
     def endpoints(self) -> list[Endpoint]:
@@ -84,7 +78,7 @@ class TTSService(Service):
         return request_options()
 
     def concurrency(self) -> Concurrency:
-        return Concurrency(max_inflight=self.settings.max_inflight, max_queue=self.settings.max_queue)
+        return self.admission.concurrency
 
     def checks(self):
         return {"backend": self.backend_loaded}
@@ -124,24 +118,19 @@ class TTSService(Service):
         sentences = split_sentences(body.input, self.settings.max_sentence_chars)
         if not sentences:
             raise ApiError(400, "input has no words to speak", param="input", code="invalid_value")
-        if self.admitted >= self.settings.max_inflight + self.settings.max_queue:
-            # Every request shares the one worker: beyond the bound, later ones would only wait.
-            self.metrics.rejected.inc()
-            raise ApiError(429, "Too many speech requests; retry shortly", code="queue_full",
-                           headers={"Retry-After": "1"})
+        started = await self.admission.acquire()
         job = Synthesis(self.backend, self.executor, sentences, voice, body.speed, body.response_format,
-                        streamed=body.stream_format is not None, alive=lambda: not _gone(request), on_sentence=self.metrics.sentences.inc)
+                        streamed=body.stream_format is not None, on_sentence=self.metrics.sentences.inc)
         self.metrics.characters.inc(len(body.input))
-        self.admitted += 1
         try:
             if body.stream_format is None:
                 return await self._whole(request, job, body, arrived)
             return await self._streamed(request, job, body, arrived)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the client went away: the runtime cancelled the handler
             job.cancelled = True
             raise
         finally:
-            self.admitted -= 1
+            self.admission.release(started)
             self._account(job)
 
     def _book(self) -> VoiceBook:
@@ -155,28 +144,27 @@ class TTSService(Service):
         async with contextlib.aclosing(job.chunks()) as chunks:
             async for data in chunks:
                 parts.append(data)
-        if job.cancelled:
-            return web.Response(status=499)  # nobody is listening; nothing is sent
         self.metrics.ttfb("whole", time.perf_counter() - arrived)
         return web.Response(body=b"".join(parts), headers={"Content-Type": content_type(body.response_format)})
 
     async def _streamed(self, request: web.Request, job: Synthesis, body: SpeechRequest,
                         arrived: float) -> web.StreamResponse:
-        sse = body.stream_format == "sse"
-        mime = "text/event-stream" if sse else content_type(body.response_format)
-        resp = web.StreamResponse(headers={"Content-Type": mime, "Cache-Control": "no-cache"})
+        events = body.stream_format == "sse"
+        # Prepared with the first audio, so that a failure before any is still an error envelope.
+        resp = web.StreamResponse(headers=sse.HEADERS if events else {
+            "Content-Type": content_type(body.response_format), "Cache-Control": "no-cache"})
         try:
             async with contextlib.aclosing(job.chunks()) as chunks:
                 async for data in chunks:
                     if not resp.prepared:
                         await resp.prepare(request)
                         self.metrics.ttfb(body.stream_format or "audio", time.perf_counter() - arrived)
-                    await resp.write(_sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-                                     if sse else data)
+                    await resp.write(sse.event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                                     if events else data)
             if not resp.prepared:
                 await resp.prepare(request)
-            if sse:
-                await resp.write(_sse({"type": "speech.audio.done", "usage": self._usage(body, job)}))
+            if events:
+                await resp.write(sse.event({"type": "speech.audio.done", "usage": self._usage(body, job)}))
             await resp.write_eof()
         except ConnectionResetError:  # the client went away mid-stream
             job.cancelled = True
@@ -184,10 +172,10 @@ class TTSService(Service):
             if not resp.prepared:
                 raise  # still time for a proper error envelope
             log.exception("synthesis failed mid-stream")
-            if sse:
+            if events:
                 with contextlib.suppress(ConnectionResetError):
-                    await resp.write(_sse({"type": "error", "error": ApiError(500, f"synthesis failed: {exc}",
-                                                                              code="internal_error").envelope()["error"]}))
+                    error = ApiError(500, f"synthesis failed: {exc}", code="internal_error")
+                    await resp.write(sse.error_event(error, typed=True))
                     await resp.write_eof()
             elif request.transport is not None:
                 # No end chunk: the client sees a broken transfer, not a short "complete" file.

@@ -4,7 +4,7 @@ thread, handed to the event loop as encoded bytes.
 Each sentence is one job on the backend's single worker, so requests interleave sentence by
 sentence and the loop never runs synthesis or encoding (the systemd watchdog pings from the
 loop). Chunks cross to the loop through `call_soon_threadsafe`. When the consumer goes away
-(client disconnected, handler cancelled), `stop` is set: the running job returns at its next
+(the runtime cancels the handler of a client that disconnected), `stop` is set: the running job returns at its next
 chunk (eSpeak aborts from its callback, pocket at its next frame) and no further sentence is
 started, which frees the worker for other requests.
 """
@@ -27,7 +27,6 @@ _DONE = object()
 class Synthesis:
     def __init__(self, backend: Backend, executor: Executor, sentences: list[str], voice: str,
                  speed: float, fmt: str, *, streamed: bool,
-                 alive: Callable[[], bool] = lambda: True,
                  on_sentence: Callable[[], None] = lambda: None) -> None:
         self.backend = backend
         self.executor = executor
@@ -43,7 +42,6 @@ class Synthesis:
         self.sentences_done = 0
         self.completed = False
         self.cancelled = False  # set when the client went away
-        self.alive = alive
         self.on_sentence = on_sentence
         self._encoder: AudioEncoder | None = None
 
@@ -59,9 +57,6 @@ class Synthesis:
         try:
             for index, sentence in enumerate(self.sentences):
                 if self.stop.is_set():
-                    return
-                if not self.alive():  # checked per sentence: a whole response sends nothing before the end
-                    self.cancelled = True
                     return
                 queue: asyncio.Queue[object] = asyncio.Queue()
                 last = index == len(self.sentences) - 1

@@ -39,6 +39,7 @@ class BackendSettings(ServiceSettings):
     model_config = service_config("testai")
     events: int = 5
     max_inflight: int = 0  # 0 = no concurrency block in the metadata
+    model_inflight: int = 0  # > 0: tiny-chat declares its own concurrency (max_queue 0)
     delay: float = 0.0  # seconds each chat request takes
 
 
@@ -105,7 +106,9 @@ class OpenAIDouble(Service):
     def models(self) -> list[ModelInfo]:
         return [
             ModelInfo(id="tiny-chat", operations=["chat.completions", "completions"], aliases=["gpt-4o-mini"],
-                      default_for=["chat.completions"]),  # completions: no default (model required)
+                      default_for=["chat.completions"],  # completions: no default (model required)
+                      concurrency=Concurrency(max_inflight=self.settings.model_inflight, max_queue=0)
+                      if self.settings.model_inflight else None),
             ModelInfo(id="dies-midstream", operations=["chat.completions"]),
             ModelInfo(id="tiny-embed", operations=["embeddings"], aliases=["text-embedding-3-small"],
                       default_for=["embeddings"]),
@@ -133,9 +136,11 @@ class OpenAIDouble(Service):
         self._record(request)
         body = await parse_json(request, Chat)
         if self.settings.delay:
-            await asyncio.sleep(self.settings.delay)
-            if request.transport is None or request.transport.is_closing():
-                self.aborted += 1  # the gateway closed our connection: its client went away
+            try:
+                await asyncio.sleep(self.settings.delay)
+            except asyncio.CancelledError:  # the gateway closed our connection (its client went
+                self.aborted += 1  # away) and the runtime cancelled this handler
+                raise
         text = "hello from " + self.runtime.instance_id
         usage = {"prompt_tokens": 7, "completion_tokens": self.settings.events,
                  "total_tokens": 7 + self.settings.events}

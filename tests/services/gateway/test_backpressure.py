@@ -56,3 +56,30 @@ async def test_queue_timeout_gets_503(keys):
     assert statuses == [200, 503]
     body, retry = next((r[1], r[2]) for r in results if r[0] == 503)
     assert body["error"]["code"] == "queue_timeout" and int(retry) >= 1
+
+
+async def test_a_model_bound_is_honoured_beside_the_instance_bound(keys):
+    """A model that declares its own concurrency (one at a time, nobody waits) is bounded by the
+    gateway even though its instance declares none; another model of the instance still passes."""
+    async with serve(OpenAIDouble, NO_ETCD, model_inflight=1, delay=0.5) as backend, \
+            serve_gateway(keys[0], {"b": backend.url}, shared=NO_ETCD) as gw:
+        async def ok() -> bool:
+            return routable(gw, "chat.completions")
+        await async_wait_for(ok, timeout=10, what="routable")
+        inst = next(iter(gw.service.instances.instances.values()))
+        gate = inst.model_gates["tiny-chat"]
+        assert (gate.max_inflight, gate.max_queue) == (1, 0) and "tiny-embed" not in inst.model_gates
+
+        async def embed() -> int:
+            async with aiohttp.ClientSession() as s, s.post(
+                    gw.api + "/v1/embeddings", json={"model": "tiny-embed", "input": "x"},
+                    headers={"Authorization": f"Bearer {keys[1]['admin']}"}) as r:
+                return r.status
+
+        results, embedded = await asyncio.gather(burst(gw, keys[1]["admin"], 3), embed())
+        assert (gate.outstanding, len(gate.waiters)) == (0, 0)
+    assert sorted(r[0] for r in results) == [200, 429, 429]
+    assert embedded == 200
+    for status, body, retry in results:
+        if status == 429:
+            assert body["error"]["code"] == "overloaded" and int(retry) >= 1

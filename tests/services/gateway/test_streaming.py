@@ -5,6 +5,7 @@ cancels the upstream request."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import openai
@@ -34,7 +35,9 @@ async def test_upstream_dies_midstream(gateway, keys):
             json={"model": "dies-midstream", "messages": MSG, "stream": True}) as r:
         raw = await r.read()
     events = [e for e in raw.decode().split("\n\n") if e]
-    assert events[-1].startswith('data: {"error": ') and "upstream_disconnected" in events[-1]
+    assert events[-1].startswith("data: {")
+    error = json.loads(events[-1][len("data: "):])["error"]
+    assert error["code"] == "upstream_disconnected" and error["type"] == "server_error"
 
     async with aiohttp.ClientSession() as s, s.get(gateway.obs + "/readyz") as r:
         assert r.status == 200

@@ -67,7 +67,7 @@ async def test_queue_full_is_429_and_a_gone_client_stops_its_job(tiny_pipeline, 
             await async_wait_for(lambda: _true(service.current and service.current.steps_done > 0),
                                  timeout=30, what="the first job to start stepping")
             queued = asyncio.create_task(sessions[1].post(url, json=body))
-            await async_wait_for(lambda: _true(service.queue.waiting == 1), what="one job queued")
+            await async_wait_for(lambda: _true(service.admission.waiting == 1), what="one job queued")
             async with sessions[2].post(url, json=body) as r:
                 assert r.status == 429
                 assert int(r.headers["Retry-After"]) >= 1
@@ -79,7 +79,7 @@ async def test_queue_full_is_429_and_a_gone_client_stops_its_job(tiny_pipeline, 
             await async_wait_for(lambda: _true(service.metrics.cancelled._value.get() == 2),
                                  timeout=30, what="both jobs cancelled")
             assert service.current.steps_done < long_steps
-            assert not service.queue.busy and service.queue.waiting == 0
+            assert service.admission.running == 0 and service.admission.waiting == 0
             async with sessions[2].post(url, json={**body, "steps": 2}) as r:  # the generator is free
                 assert r.status == 200
         finally:

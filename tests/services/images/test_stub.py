@@ -172,4 +172,5 @@ async def test_metrics_count_images(stub, client):
     assert 'nexus_images_generated_total{backend="stub"} 3.0' in text
     assert "nexus_images_seconds_per_image_count 1.0" in text
     assert "nexus_images_seconds_per_step_count 3.0" in text  # for the stub, a step is one image
-    assert "nexus_images_queue_depth 0.0" in text
+    assert 'nexus_queue_depth{queue="images"} 0.0' in text  # the runtime's admission gauge
+    assert 'nexus_queue_running{queue="images"} 0.0' in text

@@ -132,7 +132,8 @@ def test_queue_full_is_429_and_a_cancelled_stream_frees_the_slot(svc, client):
         got += chunk
     with pytest.raises(openai.RateLimitError) as e:  # NEXUS_OLLAMA_MAX_QUEUE=0: nobody may wait
         client.chat.completions.create(model=DEFAULT_NAME, messages=MSGS, max_tokens=4)
-    assert e.value.code == "queue_full" and e.value.response.headers["Retry-After"] == "1"
+    # Retry-After: the runtime admission's estimate (recent hold time x requests ahead), >= 1 s
+    assert e.value.code == "queue_full" and int(e.value.response.headers["Retry-After"]) >= 1
     conn.close()  # the client leaves mid-stream
 
     r = wait_for(lambda: _served(client), timeout=60, what="the slot to be freed")
@@ -177,7 +178,7 @@ def test_a_client_that_leaves_a_non_streamed_request_stops_it(svc, client):
         conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
         # The generation has started once tokens are being produced.
-        wait_for(lambda: metric(svc, "nexus_llm_queue_depth", model=DEFAULT_NAME) == 0
+        wait_for(lambda: metric(svc, "nexus_queue_depth", queue=DEFAULT_NAME) == 0
                  and _busy(client), timeout=30, what="the generation to hold the slot")
     wait_for(lambda: metric(svc, "nexus_llm_cancelled_total", model=DEFAULT_NAME) == cancelled + 1,
              timeout=60, what="the cancel to be counted")

@@ -1,8 +1,8 @@
-"""The llama.cpp token loop and the per-model slot it runs under.
+"""The llama.cpp token loop.
 
-One generation per model at a time (a llama.cpp context is not thread-safe), in a worker thread so
-the event loop and the systemd watchdog stay alive; a bounded number of requests wait (429 past
-that). The loop checks a cancel flag before each token, so a client that leaves stops its
+One generation per model at a time (a llama.cpp context is not thread-safe: the engine holds the
+model's runtime Admission slot), in a worker thread so the event loop and the systemd watchdog
+stay alive. The loop checks a cancel flag before each token, so a client that leaves stops its
 generation at the next token, and the slot is released only when the thread has really stopped.
 """
 
@@ -18,37 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from nexusd.runtime.errors import ApiError
-
-
-class Slot:
-    """A per-model lock with a bounded queue in front of it."""
-
-    def __init__(self, max_queue: int, on_depth: Callable[[int], None] = lambda n: None) -> None:
-        self.max_queue = max_queue
-        self.on_depth = on_depth
-        self.lock = asyncio.Lock()
-        self.waiting = 0
-
-    async def acquire(self) -> None:
-        if self.lock.locked() and self.waiting >= self.max_queue:
-            raise ApiError(429, f"The model is busy and {self.waiting} requests are waiting; retry later",
-                           code="queue_full", headers={"Retry-After": "1"})
-        self.waiting += 1
-        self.on_depth(self.waiting)
-        try:
-            await self.lock.acquire()
-        finally:
-            self.waiting -= 1
-            self.on_depth(self.waiting)
-
-    def release_when_done(self, fut: asyncio.Future[Any] | None) -> None:
-        """Release now, or when the worker thread ends (never while it still uses the model)."""
-        if fut is None or fut.done():
-            self.lock.release()
-        else:
-            fut.add_done_callback(lambda _: self.lock.release())
 
 
 @dataclass

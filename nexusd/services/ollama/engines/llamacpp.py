@@ -23,24 +23,22 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from nexusd.runtime.admission import Admission
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.metadata import Concurrency, ModelInfo
 from nexusd.runtime.service import Check
 from nexusd.runtime.settings import ConfigError
 from nexusd.services.ollama.engines import Engine
-from nexusd.services.ollama.engines.generation import Params, PieceBatcher, Result, Slot, run_tokens
+from nexusd.services.ollama.engines.generation import Params, PieceBatcher, Result, run_tokens
 from nexusd.services.ollama.metrics import GenerationTimer
 from nexusd.services.ollama.openai_api import (
     SSE_DONE,
     ChatRequest,
-    ClientGone,
     CompletionRequest,
     EmbeddingRequest,
     capped,
-    client_gone,
     sse_bytes,
     start_sse,
-    unless_client_leaves,
 )
 
 log = logging.getLogger("nexusd.ollama.llamacpp")
@@ -64,7 +62,7 @@ def default_gguf() -> str | None:
 class LocalModel:
     name: str
     path: str
-    slot: Slot
+    slot: Admission  # one generation at a time per model, a bounded queue in front
     executor: ThreadPoolExecutor
     llm: Any = None
     embedder: Any = None
@@ -81,10 +79,8 @@ class LlamaCppEngine(Engine):
             configured = {DEFAULT_NAME: path}
         self.local: dict[str, LocalModel] = {}
         for name, path in configured.items():
-            gauge = self.metrics.queue_depth.labels(name)
-            self.local[name] = LocalModel(
-                name, path, Slot(self.settings.max_queue, gauge.set),
-                ThreadPoolExecutor(1, thread_name_prefix=f"llama-{name}"))
+            slot = self.runtime.admission(name, 1, self.settings.max_queue, what=f"The model {name!r}")
+            self.local[name] = LocalModel(name, path, slot, ThreadPoolExecutor(1, thread_name_prefix=f"llama-{name}"))
         self.loader: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -177,8 +173,8 @@ class LlamaCppEngine(Engine):
         out = []
         for i, m in enumerate(self.local.values()):
             details = {k: v for k, v in m.info.items() if k != "is_eog"} or {"file": os.path.basename(m.path)}
-            out.append(ModelInfo(id=m.name, operations=OPS, owned_by="nexus",
-                                 default_for=OPS if i == 0 else [], details=details))
+            out.append(ModelInfo(id=m.name, operations=OPS, owned_by="nexus", default_for=OPS if i == 0 else [],
+                                 details=details, concurrency=m.slot.concurrency))
         return out
 
     def concurrency(self) -> Concurrency:
@@ -262,22 +258,24 @@ class LlamaCppEngine(Engine):
             finally:
                 pieces.close(_END)
 
-        await unless_client_leaves(request, m.slot.acquire())
+        started = await m.slot.acquire()
         fut = None
         try:
             fut = loop.run_in_executor(m.executor, work)
             if not body.stream:
-                result = await unless_client_leaves(request, asyncio.shield(fut))
+                # shield: a client that leaves cancels this handler, not the thread's future,
+                # so the slot below is released only when the thread has stopped.
+                result = await asyncio.shield(fut)
                 timer.done(result.usage)
                 return web.json_response(self._document(m.name, op, result, echo))
             return await self._stream(request, m.name, op, body, queue, fut, timer, echo)
-        except ClientGone:
+        except asyncio.CancelledError:  # the client went away (the runtime cancels the handler)
             self.metrics.cancelled.labels(m.name).inc()
             timer.done(None, "cancelled")
             raise
         finally:
             cancel.set()  # no-op when the thread finished; else it stops at the next token
-            m.slot.release_when_done(fut)
+            m.slot.release(started, after=fut)
 
     async def _stream(self, request: web.Request, name: str, op: str, body: ChatRequest | CompletionRequest,
                       queue: asyncio.Queue[Any], fut: asyncio.Future[Result], timer: GenerationTimer,
@@ -296,7 +294,7 @@ class LlamaCppEngine(Engine):
             return sse_bytes({"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
                               "created": created, "model": name, "choices": [choice]})
 
-        item = await unless_client_leaves(request, queue.get())  # prompt processing happens here
+        item = await queue.get()  # prompt processing happens here
         if item is _END:
             await fut  # a failure before the first token is still an error envelope, not a stream
         try:
@@ -309,8 +307,6 @@ class LlamaCppEngine(Engine):
                     pending.append(chunk(item))
                     item = queue.get_nowait() if not queue.empty() else None
                 await resp.write(b"".join(pending))
-                if client_gone(request):
-                    raise ConnectionResetError
                 if item is None:
                     item = await queue.get()
             result = await fut
@@ -354,13 +350,13 @@ class LlamaCppEngine(Engine):
                 raise ApiError(400, f"input: too long for the model's context ({exc})", param="input",
                                code="context_length_exceeded") from None
 
-        await unless_client_leaves(request, m.slot.acquire())
+        started = await m.slot.acquire()
         fut = None
         try:
             fut = loop.run_in_executor(m.executor, work)
-            vectors, count = await unless_client_leaves(request, asyncio.shield(fut))
+            vectors, count = await asyncio.shield(fut)
         finally:
-            m.slot.release_when_done(fut)
+            m.slot.release(started, after=fut)
         usage = {"prompt_tokens": count, "total_tokens": count}
         self.metrics.requests.labels(m.name, "embeddings", "ok").inc()
         self.metrics.usage(m.name, usage)

@@ -34,13 +34,10 @@ from nexusd.services.ollama.engines.upstream import (
 from nexusd.services.ollama.metrics import GenerationTimer
 from nexusd.services.ollama.openai_api import (
     ChatRequest,
-    ClientGone,
     CompletionRequest,
     EmbeddingRequest,
     capped,
-    client_gone,
     start_sse,
-    unless_client_leaves,
 )
 
 log = logging.getLogger("nexusd.ollama")
@@ -261,7 +258,7 @@ class OllamaEngine(Engine):
     async def embeddings(self, request: web.Request, body: EmbeddingRequest, model: str) -> web.StreamResponse:
         body.inputs()
         payload = body.model_dump(exclude_none=True) | {"model": model}
-        doc = await unless_client_leaves(request, self._post_json("/v1/embeddings", payload))
+        doc = await self._post_json("/v1/embeddings", payload)
         self.metrics.requests.labels(model, "embeddings", "ok").inc()
         self.metrics.usage(model, doc.get("usage"))
         return web.json_response(doc)
@@ -294,9 +291,12 @@ class OllamaEngine(Engine):
         timer = GenerationTimer(self.metrics, model, op)
         if not body.stream:
             try:
-                doc = await unless_client_leaves(request, self._post_json(path, payload))
-            except ApiError as exc:
-                timer.done(None, "cancelled" if isinstance(exc, ClientGone) else "error")
+                doc = await self._post_json(path, payload)
+            except asyncio.CancelledError:  # the client went away: the runtime cancels the handler
+                timer.done(None, "cancelled")
+                raise
+            except ApiError:
+                timer.done(None, "error")
                 raise
             timer.done(doc.get("usage"))
             return web.json_response(doc)
@@ -322,14 +322,14 @@ class OllamaEngine(Engine):
                         usage = chunk.get("usage") or usage
                         if not chunk.get("choices") and not body.include_usage:
                             continue
-                if client_gone(request):
-                    raise ConnectionResetError
                 await resp.write(line)
             await resp.write_eof()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError) as exc:
             up.close()  # the daemon sees the connection go and stops generating
             self.metrics.cancelled.labels(model).inc()
             timer.done(usage, "cancelled")
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return resp
         except (aiohttp.ClientPayloadError, *DOWN_ERRORS) as exc:
             log.warning("daemon stream broke: %s", exc)  # headers are sent: end the stream short
