@@ -9,7 +9,6 @@ OpenAI-style error event, then a clean end of stream.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
