@@ -42,7 +42,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("mypy", "-e", ".")
-    session.run("mypy", "nexusd/runtime")
+    session.run("mypy", "nexusd")
 
 
 @nox.session

@@ -44,7 +44,7 @@ def run_demo(args: argparse.Namespace) -> int:
         image = client.images.generate(prompt="a lighthouse on a rocky coast", size="256x256",
                                        response_format="b64_json")
         path = args.out / "nexus-demo.png"
-        path.write_bytes(base64.b64decode(image.data[0].b64_json or ""))
+        path.write_bytes(base64.b64decode((image.data or [])[0].b64_json or ""))
         print(f"image: {path.resolve()}")
     except OpenAIError as exc:
         failures += 1

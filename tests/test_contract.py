@@ -1,4 +1,4 @@
-"""The service contract (DESIGN §2, docs/service-contract.md), for every registered service,
+"""The service contract (docs/service-contract.md), for every registered service,
 each started as a real subprocess (`nexusd run <service>`) on free ports.
 
 Per-service setup lives in CONTRACT: environment that makes a heavy service cheap (stub or

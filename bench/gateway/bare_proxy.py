@@ -1,4 +1,4 @@
-"""The baseline: a bare aiohttp + uvloop reverse proxy (DESIGN §7), no auth, routing, metrics or
+"""The baseline: a bare aiohttp + uvloop reverse proxy, no auth, routing, metrics or
 logs. Non-streaming answers are read whole; SSE is relayed chunk by chunk.
 
     python bench/gateway/bare_proxy.py PORT UPSTREAM_URL

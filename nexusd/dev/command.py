@@ -78,6 +78,7 @@ async def run_dev(args: argparse.Namespace) -> int:
             await child.start()
             supervisors.append(asyncio.create_task(supervise(child, stop)))
             await wait_http(f"{endpoint}/health", 30)
+            assert child.proc is not None  # started
             print(f"nexusd dev: etcd ready (pid {child.proc.pid}) — {endpoint}", flush=True)
         plans = plan_stack(state, args.free_ports, endpoint)
         key = subprocess.run(nexusd_argv("keys", "add", "dev", "--keys-file", str(state / "api-keys")),
@@ -100,6 +101,7 @@ async def run_dev(args: argparse.Namespace) -> int:
                 print(f"nexusd dev: {plan.name} not ready after {args.ready_timeout:g}s ({child.status})",
                       file=sys.stderr)
                 return 1
+            assert child.proc is not None  # started
             print(f"nexusd dev: {plan.name} ready (pid {child.proc.pid}) — {child.status}", flush=True)
         gateway = plans[-1]
         base = gateway.url("api")

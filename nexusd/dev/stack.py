@@ -15,8 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexusd.runtime.context import Runtime
-from nexusd.runtime.settings import SharedSettings
+from nexusd.runtime.settings import load_settings
 from nexusd.services import load_service, service_names
 
 BACKENDS = ["ollama", "images", "tts"]  # started first, in this order; the gateway last
@@ -51,10 +50,9 @@ class Planned:
 def bind_listeners(name: str, free_ports: bool, host: str = "127.0.0.1") -> dict[str, socket.socket]:
     """Bind the service's declared listeners here, as a .socket unit would."""
     cls = load_service(name)
-    service = cls(cls.Settings(), SharedSettings(), Runtime(name, SharedSettings()))
     sockets: dict[str, socket.socket] = {}
     try:
-        for listener in service.listeners():
+        for listener in cls.listeners_for(load_settings(cls.Settings)):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:

@@ -87,7 +87,6 @@ def build_app(service: Service, listener: Listener, readiness: Readiness,
                                access=shared.access_log, guard=service.guard(listener), sink=access,
                                log_probes=shared.access_log_probes)
     app = web.Application(
-        middlewares=service.middlewares(listener),  # extra ones run around the pipeline
         client_max_size=service.settings.max_body,
         handler_args={"tcp_keepalive": True},
     )

@@ -1,4 +1,4 @@
-"""The /v1/metadata discovery document (DESIGN §2). These models are the schema:
+"""The /v1/metadata discovery document (docs/service-contract.md, Metadata). These models are the schema:
 docs/metadata.schema.json is generated from `MetadataDocument` and a test fails on drift."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ sd_notify, etcd registration and signal handling. See docs/service-contract.md.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
@@ -21,7 +21,6 @@ from nexusd.runtime.settings import ServiceSettings, SharedSettings
 
 if TYPE_CHECKING:
     from nexusd.runtime.context import Runtime
-    from nexusd.units.render import UnitContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A readiness check returns None (or a short detail string) when healthy and raises when not.
@@ -56,12 +55,40 @@ class Listener:
     host: str
     port: int
     observability: bool = True  # serve /health, /readyz, /metrics, /v1/metadata here
-    api: bool = True  # informational: endpoints are served on the listener they name
     ssl_context: Any = None  # an ssl.SSLContext: serve HTTPS on this socket
 
 
+CONFIG_DIR = "/etc/nexus"
+
+
+@dataclass
+class UnitContext:
+    """What a service's unit hooks see (`nexusd units render`): its static description from the
+    settings' defaults, never the environment, and the host facts the renderer was given."""
+
+    service: str
+    nexusd: str
+    settings: ServiceSettings
+    resources: Resources
+    listeners: list[Listener]
+    groups: list[str] = field(default_factory=list)
+    config_dir: str = CONFIG_DIR
+
+    @property
+    def unit(self) -> str:
+        return f"nexus-{self.service}"
+
+    @property
+    def env_file(self) -> str:
+        return f"{self.config_dir}/{self.service}.env"
+
+
 class Service:
-    """Base class for a nexusd service. Override what you need; the defaults do nothing."""
+    """Base class for a nexusd service. Override what you need; the defaults do nothing.
+
+    What a service *is* (name, settings, listeners, resources, unit needs) is static: class
+    attributes and classmethods of its settings, readable without constructing it (units, the
+    dev stack). What it *serves* (endpoints, models, checks) needs an instance."""
 
     name: ClassVar[str] = "service"
     version: ClassVar[str] = __version__
@@ -98,13 +125,25 @@ class Service:
         """Named readiness checks; /readyz and READY=1 use the same list."""
         return {}
 
-    def listeners(self) -> list[Listener]:
-        return [Listener("api", self.settings.host, self.settings.port)]
+    @classmethod
+    def listeners_for(cls, settings: ServiceSettings) -> list[Listener]:
+        """The sockets the service binds, from its settings alone (static description)."""
+        return [Listener("api", settings.host, settings.port)]
 
-    def middlewares(self, listener: Listener) -> list[Any]:
-        """Extra aiohttp middlewares for one listener. They run around the runtime's per-route
-        handling (which wraps each handler), so prefer `guard` for checks."""
-        return []
+    @classmethod
+    def resources_for(cls, settings: ServiceSettings) -> Resources:
+        """Declared resources: the class default, overridden by settings (static description)."""
+        overrides = {
+            k: getattr(settings, k)
+            for k in ("cpu", "memory", "gpu", "gpu_memory")
+            if getattr(settings, k) is not None
+        }
+        return cls.default_resources.model_copy(update=overrides)
+
+    def listeners(self) -> list[Listener]:
+        """What the server binds: `listeners_for(settings)`; override to add what needs an
+        instance (e.g. a TLS context)."""
+        return self.listeners_for(self.settings)
 
     def guard(self, listener: Listener) -> Callable[[web.Request], None] | None:
         """A synchronous check run before every handler of one listener (unmatched routes
@@ -139,10 +178,4 @@ class Service:
     # --- helpers for subclasses ---------------------------------------------------------
     @property
     def resources(self) -> Resources:
-        """Declared resources: the class default, overridden by settings."""
-        overrides = {
-            k: getattr(self.settings, k)
-            for k in ("cpu", "memory", "gpu", "gpu_memory")
-            if getattr(self.settings, k) is not None
-        }
-        return self.default_resources.model_copy(update=overrides)
+        return self.resources_for(self.settings)

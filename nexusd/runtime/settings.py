@@ -28,7 +28,7 @@ def service_config(service: str) -> SettingsConfigDict:
 
 
 class SharedSettings(BaseSettings):
-    """Settings every service reads (DESIGN §8)."""
+    """Settings every service reads (docs/service-contract.md, Settings)."""
 
     model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="ignore")
 

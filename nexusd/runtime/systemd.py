@@ -61,9 +61,6 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
-    def extend_timeout(self, seconds: float) -> bool:
-        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
-
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 

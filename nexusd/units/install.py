@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nexusd.runtime.service import CONFIG_DIR
 from nexusd.units.packaging import SYSUSERS, TMPFILES, env_examples
-from nexusd.units.render import CONFIG_DIR, GPU_GROUPS, MARKER, render_all
+from nexusd.units.render import GPU_GROUPS, MARKER, render_all
 
 UNIT_DIR = "etc/systemd/system"
 SYSUSERS_FILE = "etc/sysusers.d/nexus.conf"

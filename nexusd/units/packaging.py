@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 
 from nexusd.runtime.envfile import env_example
+from nexusd.runtime.service import CONFIG_DIR
 from nexusd.services import load_service, service_names
-from nexusd.units.render import CONFIG_DIR, MARKER, context, socket_units
+from nexusd.units.render import MARKER, context, socket_units
 
 SYSUSERS = f"""{MARKER}: the system user of the nexusd units.
 # The units say User=nexus with DynamicUser=yes: systemd uses this user when it exists, so

@@ -23,7 +23,7 @@ def test_notifier_sends_fields(listener):
     assert notifier.enabled
     assert notifier.status("loading 1/3")
     assert notifier.ready("serving")
-    assert notifier.extend_timeout(2.5)
+    assert notifier.notify("EXTEND_TIMEOUT_USEC=2500000")  # what Runtime.progress() sends
     notifier.stopping()
     assert listener.receive(5).fields == [("STATUS", "loading 1/3")]
     assert listener.receive(5).fields == [("READY", "1"), ("STATUS", "serving")]

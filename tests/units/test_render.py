@@ -123,7 +123,8 @@ class HookedService(Service):
     capabilities = Capabilities(domains=["example"])
     default_resources = Resources(cpu="500m", memory="1536Mi", gpu="nvidia-gpu")
 
-    def listeners(self):
+    @classmethod
+    def listeners_for(cls, settings):
         return [Listener("api", "0.0.0.0", 8800), Listener("obs", "127.0.0.1", 8801)]
 
     @classmethod

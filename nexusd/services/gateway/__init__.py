@@ -1,4 +1,4 @@
-"""The gateway: the one OpenAI-compatible front door (DESIGN §1, §4, §7).
+"""The gateway: the one OpenAI-compatible front door (docs/gateway.md).
 
 Two listeners: `api` (NEXUS_GATEWAY_PORT, 8800: /health and the API, behind API keys) and
 `obs` (NEXUS_GATEWAY_OBS_PORT, 8801 on NEXUS_GATEWAY_OBS_HOST: /health, /readyz, /metrics and
@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import ssl
+from dataclasses import replace
 from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
@@ -41,7 +42,7 @@ class GatewayService(Service):
 
     settings: GatewaySettings
 
-    def __init__(self, settings: GatewaySettings, shared, runtime) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: GatewaySettings, shared, runtime) -> None:
         # Callers of the gateway authenticate with API keys; NEXUS_INTERNAL_TOKEN is what the
         # gateway *sends* upstream, so the runtime must not demand it from our clients.
         self.internal_token = shared.internal_token
@@ -72,10 +73,14 @@ class GatewayService(Service):
                                      trusted_proxies=settings.trusted_proxy_networks)
 
     # --- what the runtime asks -----------------------------------------------------------
+    @classmethod
+    def listeners_for(cls, settings: GatewaySettings) -> list[Listener]:  # type: ignore[override]
+        s = settings
+        return [Listener("api", s.host, s.port, observability=False), Listener("obs", s.obs_host, s.obs_port)]
+
     def listeners(self) -> list[Listener]:
-        s = self.settings
-        return [Listener("api", s.host, s.port, observability=False, ssl_context=self._tls()),
-                Listener("obs", s.obs_host, s.obs_port, api=False)]
+        api, obs = self.listeners_for(self.settings)
+        return [replace(api, ssl_context=self._tls()), obs]
 
     def _tls(self) -> ssl.SSLContext | None:
         s = self.settings
@@ -114,7 +119,7 @@ class GatewayService(Service):
         return [ModelInfo(id=m["id"], operations=[], aliases=m["aliases"], owned_by=m["owned_by"])
                 for m in self.proxy.table.models]
 
-    def checks(self):  # type: ignore[no-untyped-def]
+    def checks(self):
         return {"discovery": self._discovery_ready}
 
     def extra_metadata(self) -> dict[str, Any]:

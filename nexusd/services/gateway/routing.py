@@ -12,7 +12,7 @@ from typing import Any
 from nexusd.runtime.errors import ApiError
 from nexusd.services.gateway.instances import Instance
 
-# The OpenAI routes the gateway always knows (DESIGN §2), so that a request for one of them
+# The OpenAI routes the gateway always knows (docs/gateway.md), so that a request for one of them
 # with no backend up gets 503 + Retry-After rather than 404.
 KNOWN_ROUTES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/chat/completions"): ("chat.completions", True),

@@ -103,7 +103,7 @@ th{{background:#f6f8fa}} .badge{{color:#fff;border-radius:1rem;padding:.05rem .5
 """
 
 
-def status_handler(report, errors: RecentErrors, version: str):  # type: ignore[no-untyped-def]
+def status_handler(report, errors: RecentErrors, version: str):
     async def status_page(request: web.Request) -> web.Response:
         return web.Response(text=render(report(), list(errors.records), version), content_type="text/html")
 

@@ -1,4 +1,4 @@
-"""`NEXUS_IMAGES_*` settings, read once at start (DESIGN §8)."""
+"""`NEXUS_IMAGES_*` settings, read once at start (docs/images.md)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from nexusd.services.ollama.settings import OllamaSettings
 from nexusd.services.ollama.units import unit_files
 
 if TYPE_CHECKING:
-    from nexusd.units.render import UnitContext
+    from nexusd.runtime.service import UnitContext
 
 
 def make_engine(service: OllamaService) -> Engine:
@@ -98,7 +98,7 @@ class OllamaService(Service):
 
     # --- handlers ----------------------------------------------------------------------
     def pick_model(self, requested: str | None, operation: str) -> str:
-        """The request's model, or the operation's default_for model (DESIGN §2)."""
+        """The request's model, or the operation's default_for model (docs/service-contract.md, Metadata)."""
         if requested:
             return requested
         for m in self.models():

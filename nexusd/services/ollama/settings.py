@@ -1,4 +1,4 @@
-"""`NEXUS_OLLAMA_*` settings: one model, read once at start (DESIGN §8)."""
+"""`NEXUS_OLLAMA_*` settings: one model, read once at start (docs/ollama.md)."""
 
 from __future__ import annotations
 

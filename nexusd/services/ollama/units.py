@@ -8,14 +8,14 @@ our unit wants and orders after the daemon's. GPU device access is left as Ollam
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from nexusd.runtime.cgroup import parse_bytes
 
 if TYPE_CHECKING:
-    from nexusd.runtime.service import Service
-    from nexusd.units.render import UnitContext
+    from nexusd.runtime.service import Service, UnitContext
+    from nexusd.services.ollama.settings import OllamaSettings
 
 
 def ollama_host(upstream: str) -> str:
@@ -29,7 +29,7 @@ def ollama_host(upstream: str) -> str:
 def unit_files(cls: type[Service], ctx: UnitContext) -> dict[str, str]:
     from nexusd.units.render import cpu_quota, memory_high, systemd_bytes
 
-    settings = ctx.settings
+    settings = cast("OllamaSettings", ctx.settings)
     r = ctx.resources
     daemon = [
         "[Service]",

@@ -1,16 +1,12 @@
-"""The template service: copy this folder to start a new service.
+"""The template service: copy this folder to start a new service (docs/service-contract.md).
 
-How to add a service:
- 1. Copy `nexusd/services/template/` to `nexusd/services/<name>/` and rename the classes.
- 2. Settings: subclass `ServiceSettings`; `model_config = service_config("<name>")` gives every
-    field the `NEXUS_<NAME>_` prefix. Set your default port with `port: int = ...`.
- 3. Endpoints: return `Endpoint(method, path, handler, operation_id)` from `endpoints()`; parse
-    bodies with `parse_json(request, YourModel)`; raise `ApiError` for client errors. The runtime
-    adds /health, /readyz, /metrics, /v1/metadata, request ids, error envelopes and metrics.
- 4. Readiness: return named async checks from `checks()`; raise (or time out) when not ready.
- 5. Metrics: create them on `self.runtime.metrics.registry`.
- 6. Register the class in `nexusd/services/__init__.py` (BUILTIN) or with an entry point in the
-    `nexusd.services` group. `nexusd list`, the units and the contract tests pick it up.
+One shape for every service package: the Service class here in `__init__.py`; `settings.py`,
+`request.py` (request models), `metrics.py` and `backends/` once they outgrow this file.
+1. Settings: `model_config = service_config("<name>")` prefixes every field with NEXUS_<NAME>_.
+2. Endpoints: parse bodies with `parse_json(request, Model)`, raise `ApiError`; the runtime adds
+   /health, /readyz, /metrics, /v1/metadata, request ids, errors in the route's format, metrics.
+3. Readiness: named async checks; heavy work in a worker thread (`runtime.admission(...).run`).
+4. Register the class in `nexusd/services/__init__.py` or a `nexusd.services` entry point.
 """
 
 from __future__ import annotations
@@ -43,18 +39,21 @@ class TemplateService(Service):
     description = "Reference service: echoes a validated message"
     capabilities = Capabilities(domains=["example"], modalities=["text"])
     default_resources = Resources(cpu="1", memory="256Mi")
+    settings: TemplateSettings
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.echoes = Counter("nexus_template_echoes", "Echo requests served",
-                              registry=self.runtime.metrics.registry)
+        super().__init__(*args, **kwargs)  # everything stop() touches exists before start()
+        self.echoes = Counter("nexus_template_echoes", "Echo requests served", registry=self.runtime.metrics.registry)
+        self.loaded = asyncio.Event()
+        self.loader: asyncio.Task[None] | None = None
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("POST", "/v1/echo", self.echo, "template.echo", max_body=64 * 1024)]
 
-    async def start(self) -> None:
-        # Stands in for a model load: readiness fails until it is done.
-        self.loaded = asyncio.Event()
+    def checks(self):
+        return {"loaded": self.is_loaded}
+
+    async def start(self) -> None:  # stands in for a model load: not ready until it is done
         self.loader = asyncio.create_task(self.load())
 
     async def load(self) -> None:
@@ -65,10 +64,8 @@ class TemplateService(Service):
         self.loaded.set()
 
     async def stop(self) -> None:
-        self.loader.cancel()
-
-    def checks(self):
-        return {"loaded": self.is_loaded}
+        if self.loader is not None:
+            self.loader.cancel()
 
     async def is_loaded(self) -> str:
         if not self.loaded.is_set():

@@ -92,7 +92,7 @@ async def test_model_names(espeak):
         data, _ = await speak(espeak, model=model, input="Hi there.", response_format="pcm")
         assert rms(data, "pcm") > 0.01, model
     async with client_for(espeak) as client:
-        # No model: the default_for model answers (DESIGN §2).
+        # No model: the default_for model answers (docs/service-contract.md).
         resp = await client.post("/audio/speech", body={"input": "Hello.", "voice": "nova"},
                                  cast_to=bytes)
         assert len(resp) > 100

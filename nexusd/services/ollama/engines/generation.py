@@ -70,7 +70,7 @@ def _bias_processor(bias: dict[int, float]) -> Callable[[Any, Any], Any]:
 
 def run_tokens(llm: Any, is_eog: Callable[[int], bool], tokens: list[int], params: Params,
                cancel: threading.Event, emit: Callable[[str], None] | None,
-               first_token: Callable[[], None]) -> Result:
+               first_token: Callable[[], object]) -> Result:
     """Runs in the model's worker thread. `emit` gets text pieces as they become safe to send
     (UTF-8 complete, not a possible stop-sequence prefix); None = collect only."""
     llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
