@@ -18,10 +18,10 @@ from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
 from nexusd.runtime.settings import ConfigError
+from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
-from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
 from nexusd.services.gateway.instances import Instance, InstanceSet
 from nexusd.services.gateway.keys import KeyFileError, KeyStore

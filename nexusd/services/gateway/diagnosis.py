@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from nexusd.services.gateway.routing import KNOWN_ROUTES
+from nexusd.status import describe_source as _where
 
 if TYPE_CHECKING:
     from nexusd.services.gateway import GatewayService
@@ -28,7 +29,8 @@ def sources(gw: GatewayService) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if gw.etcd is not None:
         out.append({"source": "etcd", "endpoints": gw.etcd.shared.etcd_endpoint_list,
-                    "connected": gw.etcd.connected, "revision": gw.etcd.revision,
+                    "connected": gw.etcd.connected, "listed": gw.etcd.synced.is_set(),
+                    "revision": gw.etcd.revision,
                     "registrations": len(gw.instances.sources("etcd:"))})
     local = getattr(gw, "local_units", None)
     if local is not None:
@@ -36,16 +38,6 @@ def sources(gw: GatewayService) -> list[dict[str, Any]]:
     if gw.settings.static_backends:
         out.append({"source": "static", "backends": dict(gw.settings.static_backends)})
     return out
-
-
-def _where(src: dict[str, Any]) -> str:
-    if src["source"] == "etcd":
-        state = "connected" if src["connected"] else "unreachable"
-        return f"etcd {','.join(src['endpoints'])} ({state}, {src['registrations']} registrations)"
-    if src["source"] == "units":
-        on = [f"{s['service']} {s['url']}" for s in src["services"] if s["enabled"] and s["url"]]
-        return f"nexusd units enabled on this host ({src['unit_dir']}): {', '.join(on) or 'none'}"
-    return "static backends: " + ", ".join(f"{k}={v}" for k, v in src["backends"].items())
 
 
 def describe(gw: GatewayService) -> str:
@@ -63,7 +55,7 @@ def why(gw: GatewayService, op: str) -> str:
             f"{i.name}: {i.last_error or i.state(0)}" for i in declared)
     srcs = sources(gw)
     etcd = next((s for s in srcs if s["source"] == "etcd"), None)
-    if etcd and not etcd["connected"]:
+    if etcd and not etcd["connected"] and etcd["listed"]:
         return (f"etcd at {','.join(etcd['endpoints'])} is unreachable (is nexus-etcd.service or "
                 "your cluster up?)")
     if not srcs or all(s["source"] == "units" and not any(x["enabled"] for x in s["services"]) for s in srcs):
@@ -73,7 +65,7 @@ def why(gw: GatewayService, op: str) -> str:
     if etcd and not etcd["registrations"]:
         return (f"no service is registered in etcd at {','.join(etcd['endpoints'])}: start one{start} "
                 "with the same NEXUS_ETCD_ENDPOINTS (/etc/nexus/common.env)")
-    if not gw.instances.instances:
+    if not gw.instances.instances or (etcd and not etcd["listed"]):
         return "no instance discovered yet (" + describe(gw) + ")"
     return f"none of the discovered instances serves it; start a service that does{start}"
 
