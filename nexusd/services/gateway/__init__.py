@@ -63,6 +63,7 @@ class GatewayService(Service):
         self.balancer = Balancer(cooldown=settings.eject_cooldown, eject_after=settings.eject_after,
                                  queue_timeout=settings.queue_timeout, on_eject=self._ejected)
         self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
+        self.proxy.table.explain = self._explain
         self.aggregation = Aggregation(self)
         self.etcd: EtcdDiscovery | None = None
         if shared.etcd_endpoint_list:
@@ -74,7 +75,7 @@ class GatewayService(Service):
         self._diagnosis: asyncio.Task[None] | None = None
         registry.register(InstanceCollector(self._snapshot))
         self.recent_errors = RecentErrors()
-        self._status_page = status_handler(self.aggregation.report, self.recent_errors, self.version)
+        self._status_page = status_handler(self.extra_metadata, self.recent_errors, self.version)
         self._auth = make_auth_check(self.keys, self.limiter, self._rejected,
                                      failures_per_minute=settings.auth_failures_per_minute,
                                      trusted_proxies=settings.trusted_proxy_networks)
@@ -202,7 +203,10 @@ class GatewayService(Service):
     def rebuild(self) -> None:
         known = [i for i in self.instances.instances.values() if i.metadata is not None and not i.is_gateway]
         self.proxy.table = RoutingTable.build(self.instances.routable(), known)
-        self.proxy.table.explain = lambda op: ": " + diagnosis.why(self, op)
+        self.proxy.table.explain = self._explain
+
+    def _explain(self, op: str) -> str:
+        return ": " + diagnosis.why(self, op)  # the 503 says why no instance serves op
 
     def etcd_state(self) -> dict[str, Any] | None:
         if self.etcd is None:

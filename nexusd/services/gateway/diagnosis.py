@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import time
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -52,20 +53,22 @@ def why(gw: GatewayService, op: str) -> str:
         ep.get("operation_id") == op for ep in i.metadata.get("endpoints", []))]
     if declared:
         return f"{len(declared)} instance(s) serve it but none is ready: " + "; ".join(
-            f"{i.name}: {i.last_error or i.state(0)}" for i in declared)
+            f"{i.name}: {i.last_error or i.state(time.monotonic())}" for i in declared)
     srcs = sources(gw)
     etcd = next((s for s in srcs if s["source"] == "etcd"), None)
-    if etcd and not etcd["connected"] and etcd["listed"]:
-        return (f"etcd at {','.join(etcd['endpoints'])} is unreachable (is nexus-etcd.service or "
-                "your cluster up?)")
-    if not srcs or all(s["source"] == "units" and not any(x["enabled"] for x in s["services"]) for s in srcs):
+    if etcd:
+        where = ",".join(etcd["endpoints"])
+        if not etcd["connected"]:
+            return (f"etcd at {where} is {'unreachable' if etcd['listed'] else 'not reached yet'} "
+                    "(is nexus-etcd.service or your cluster up?)")
+        if not etcd["registrations"] and not gw.instances.instances:
+            return (f"no service is registered in etcd at {where}: start one{start} with the same "
+                    "NEXUS_ETCD_ENDPOINTS (/etc/nexus/common.env)")
+    elif not any(s["source"] == "static" or any(x["enabled"] for x in s.get("services", [])) for s in srcs):
         return ("no backends: no etcd (NEXUS_ETCD_ENDPOINTS is empty), no static backends "
                 "(<NAME>_BASE_URL), and no nexusd service is enabled on this host; start one" + start
                 + ", or set NEXUS_ETCD_ENDPOINTS in /etc/nexus/common.env (docs/multi-host.md)")
-    if etcd and not etcd["registrations"]:
-        return (f"no service is registered in etcd at {','.join(etcd['endpoints'])}: start one{start} "
-                "with the same NEXUS_ETCD_ENDPOINTS (/etc/nexus/common.env)")
-    if not gw.instances.instances or (etcd and not etcd["listed"]):
+    if not gw.instances.instances:
         return "no instance discovered yet (" + describe(gw) + ")"
     return f"none of the discovered instances serves it; start a service that does{start}"
 
@@ -90,10 +93,11 @@ async def log_once_ready(gw: GatewayService) -> None:
         except TimeoutError:
             pass
         await gw.instances.poll_all()  # what etcd listed, polled once
-    missing = unserved(gw)
-    if missing:
-        log.warning("no ready instance for %s: %s", ", ".join(missing),
-                    "; ".join(sorted(set(missing.values()))))
+    by_reason: dict[str, list[str]] = {}
+    for op, reason in unserved(gw).items():
+        by_reason.setdefault(reason, []).append(op)
+    for reason, ops in by_reason.items():
+        log.warning("no ready instance for %s: %s", ", ".join(ops), reason)
 
 
 def html_section(report: dict[str, Any]) -> str:
