@@ -41,7 +41,7 @@ def parse_unit(text: str) -> list[tuple[str, str, str]]:
         line = pending + raw.strip()
         pending = ""
         if line.endswith("\\"):
-            pending = line[:-1] + " "
+            pending = line[:-1].rstrip() + " "
             continue
         if not line or line[0] in "#;":
             continue
