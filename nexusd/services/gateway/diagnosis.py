@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import html
-import time
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from nexusd.services.gateway.routing import KNOWN_ROUTES
