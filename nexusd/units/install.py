@@ -194,15 +194,15 @@ def uninstall(root: Path = Path("/"), nexusd: str | None = None) -> Report:
             parent.rmdir()  # a drop-in directory we emptied
     # Env files exactly as install wrote them are removed too; any the admin changed stay.
     config = root / CONFIG_DIR.lstrip("/")
-    untouched = {config / name: text for name, text in env_examples().items()}
-    untouched[config / local_etcd.COMMON_ENV] = None  # either of its two initial forms
-    for path, text in untouched.items():
+    pristine: dict[Path, set[str]] = {config / name: {text} for name, text in env_examples().items()}
+    pristine[config / local_etcd.COMMON_ENV] = {  # either of its two initial forms
+        local_etcd.common_env(local_etcd.LOCAL_ENDPOINT), local_etcd.common_env(None)}
+    for path, texts in pristine.items():
         try:
             current = path.read_text()
         except OSError:
             continue
-        if current == text or (text is None and current in (
-                local_etcd.common_env(local_etcd.LOCAL_ENDPOINT), local_etcd.common_env(None))):
+        if current in texts:
             path.unlink()
             report.removed.append(path)
         else:
