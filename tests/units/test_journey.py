@@ -92,7 +92,7 @@ class Journey:
             if cmd.endswith("nexusd units install") and not self.etcd:
                 real += " --no-etcd"
             if cmd.startswith("journalctl") and cmd.endswith(" -f"):
-                self.out[cmd] = self.follow(real, "discovery sources:")
+                self.out[cmd] = self.follow(real)
             elif cmd.endswith("nexusd status"):
                 # Right after `enable --now` the gateway may not have polled its neighbours yet.
                 wait_for(lambda cmd=cmd: self.sh(cmd, check=False).returncode == 0, timeout=60,
@@ -101,14 +101,19 @@ class Journey:
             else:
                 self.out[cmd] = self.sh(real).stdout
 
-    def follow(self, cmd: str, needle: str, timeout: float = 60) -> str:
+    def follow(self, cmd: str, timeout: float = 60) -> str:
+        """Follow the gateway's journal: the last lines, then a reload's record as it happens."""
         proc = subprocess.Popen(["nsenter", "-t", str(self.box.pid), "-a", *LOGIN_ENV, "bash", "-c", cmd],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
         reader.start()
+        reloads = lambda: sum("reloading" in line for line in lines)  # noqa: E731
         try:
-            wait_for(lambda: any(needle in line for line in lines), timeout=timeout, what=f"{needle!r} in {cmd}")
+            wait_for(lambda: lines, timeout=timeout, what=f"output of {cmd}")
+            before = reloads()
+            self.box.run("systemctl", "reload", "nexus-gateway")
+            wait_for(lambda: reloads() > before, timeout=timeout, what=f"the reload followed by {cmd}")
         finally:
             proc.terminate()
             proc.wait(10)
@@ -214,7 +219,7 @@ def test_every_unit_is_active_and_etcd_is_the_source(with_etcd):
     status = j.out["/opt/nexusd/bin/nexusd status"]
     assert f"discovery: etcd http://127.0.0.1:{j.ports['etcd']} (connected, 2 registrations)" in status, status
     assert "images" in status and "tts" in status
-    assert "discovery sources: etcd" in j.out["journalctl -u nexus-gateway -f"]
+    assert "discovery sources: etcd" in j.box.journal("nexus-gateway.service")
 
 
 def test_images_and_speech_answer_through_the_openai_client(with_etcd):
@@ -295,6 +300,7 @@ def test_without_etcd_the_gateway_finds_the_units_of_its_host(without_etcd):
     assert (f"discovery: nexusd units enabled on this host (/etc/systemd/system): "
             f"images http://127.0.0.1:{p['images']}, tts http://127.0.0.1:{p['tts']}") in status, status
     assert "no instance for chat.completions: none of the discovered instances serves it" in status
+    assert "discovery sources: nexusd units enabled on this host" in j.box.journal("nexus-gateway.service")
     assert "nexus-ollama" in status  # what to start
     j.images_and_speech()
     under_load(j, lambda: j.box.run("systemctl", "reload", "nexus-gateway"))

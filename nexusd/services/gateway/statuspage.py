@@ -42,7 +42,7 @@ def _e(value: Any) -> str:
 
 def _etcd(state: dict[str, Any] | None) -> str:
     if not state:
-        return "off (static backends)"
+        return "off (see Discovery)"
     return f"connected, revision {state.get('revision')}" if state.get("connected") else "disconnected"
 
 
