@@ -85,14 +85,28 @@ def _run(report: Report, *cmd: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def configured_endpoints(root: Path) -> tuple[list[str] | None, str]:
+    """NEXUS_ETCD_ENDPOINTS this host already has, and where: common.env, else a service's env
+    file (the per-service way of older installs), else this command's environment."""
+    config = root / CONFIG_DIR.lstrip("/")
+    for path in [config / local_etcd.COMMON_ENV, *sorted(config.glob("*.env"))]:
+        try:
+            value = local_etcd.endpoints_in(path.read_text())
+        except OSError:
+            continue
+        if value:
+            return value, str(path)
+    env = local_etcd.endpoints_in(f"NEXUS_ETCD_ENDPOINTS={os.environ.get('NEXUS_ETCD_ENDPOINTS', '')}")
+    return (env, "the environment") if env else (None, "")
+
+
 def plan_etcd(root: Path, want: bool, report: Report) -> tuple[str | None, str | None]:
-    """(etcd binary, local endpoint) for the local etcd, or (None, None) to leave it out:
-    with --no-etcd, when common.env points at another etcd, or when no etcd binary is here."""
-    path = root / CONFIG_DIR.lstrip("/") / local_etcd.COMMON_ENV
-    current = local_etcd.endpoints_in(path.read_text()) if path.exists() else None
+    """(etcd binary or None, the endpoint common.env should name or None). No local etcd with
+    --no-etcd, when NEXUS_ETCD_ENDPOINTS already points at another etcd, or without a binary."""
+    current, where = configured_endpoints(root)
     if current and not local_etcd.is_local(current):
-        report.notes.append(f"no local etcd: {path} points NEXUS_ETCD_ENDPOINTS at {','.join(current)}")
-        return None, None
+        report.notes.append(f"no local etcd: {where} points NEXUS_ETCD_ENDPOINTS at {','.join(current)}")
+        return None, ",".join(current)
     if not want:
         report.notes.append("no local etcd (--no-etcd): the gateway finds the services enabled on "
                             "this host from their units")
@@ -106,8 +120,8 @@ def plan_etcd(root: Path, want: bool, report: Report) -> tuple[str | None, str |
 
 
 def write_common_env(root: Path, endpoint: str | None, report: Report) -> None:
-    """Create common.env, or make its NEXUS_ETCD_ENDPOINTS follow the local etcd (only when that
-    line is unset or local: a cluster's endpoints are the admin's and stay)."""
+    """Create common.env naming `endpoint`, or make its NEXUS_ETCD_ENDPOINTS line follow (only when
+    that line is unset or local: a cluster's endpoints written there are the admin's and stay)."""
     path = root / CONFIG_DIR.lstrip("/") / local_etcd.COMMON_ENV
     if not path.exists():
         _write_private(path, local_etcd.common_env(endpoint), report)

@@ -3,6 +3,7 @@ it, how common.env's NEXUS_ETCD_ENDPOINTS decides, and what uninstall takes back
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,8 +16,9 @@ UNITS = "etc/systemd/system"
 
 
 def nexusd(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "NEXUS_ETCD_ENDPOINTS"}  # e.g. a quickstart shell's
     return subprocess.run([sys.executable, "-m", "nexusd.cli", *args], capture_output=True, text=True,
-                          check=True).stdout
+                          check=True, env=env).stdout
 
 
 def test_endpoints_line():
@@ -73,3 +75,20 @@ def test_uninstall_takes_back_untouched_env_files_and_keeps_edited_ones(tmp_path
     assert sorted(p.name for p in config.iterdir()) == ["tts.env"]
     assert config / "common.env" in report.removed and config / "tts.env" in report.kept
     assert not any((tmp_path / UNITS).rglob("*.service"))
+
+
+def test_endpoints_from_a_service_env_file_or_the_environment_count_too(tmp_path: Path):
+    # An older install configured etcd per service: that cluster is this host's etcd.
+    (tmp_path / "a/etc/nexus").mkdir(parents=True)
+    (tmp_path / "a/etc/nexus/images.env").write_text("NEXUS_ETCD_ENDPOINTS=https://etcd1:2379\n")
+    out = nexusd("units", "install", "--root", str(tmp_path / "a"))
+    assert not (tmp_path / f"a/{UNITS}/nexus-etcd.service").exists()
+    assert "images.env points NEXUS_ETCD_ENDPOINTS at https://etcd1:2379" in out
+    assert endpoints_in((tmp_path / "a/etc/nexus/common.env").read_text()) == ["https://etcd1:2379"]
+    # Provisioning another host in one line: the endpoints in install's environment.
+    env = {**os.environ, "NEXUS_ETCD_ENDPOINTS": "https://etcd1:2379,https://etcd2:2379"}
+    out = subprocess.run([sys.executable, "-m", "nexusd.cli", "units", "install", "--root", str(tmp_path / "b")],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    assert "note    no local etcd: the environment points NEXUS_ETCD_ENDPOINTS at https://etcd1:2379,https://etcd2:2379" in out
+    assert endpoints_in((tmp_path / "b/etc/nexus/common.env").read_text()) == ["https://etcd1:2379", "https://etcd2:2379"]
+    assert not (tmp_path / f"b/{UNITS}/nexus-etcd.service").exists()
