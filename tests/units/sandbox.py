@@ -90,8 +90,8 @@ def wheelhouse(work: Path, extra: str) -> Path:
     wheel = Path(shutil.copy(built, here))
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     req = f"{wheel}[{extra}]"
-    offline = subprocess.run([*pip, "download", "--no-index", "--find-links", str(WHEELS), "-d",
-                              str(work / "probe"), req], capture_output=True)
+    offline = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index",
+                              "--find-links", str(WHEELS), req], capture_output=True)  # all cached?
     if offline.returncode != 0:
         subprocess.run([*pip, "wheel", "-w", str(WHEELS), req], check=True)
     subprocess.run(["chmod", "-R", "a+rX", str(CACHE)], check=True)
