@@ -123,11 +123,14 @@ def service_unit(cls: type[Service], ctx: UnitContext, local_etcd: bool = False)
     s = ctx.settings
     sockets = socket_units(cls, ctx)
     etcd = f" {ETCD_UNIT}" if local_etcd else ""  # registration needs it up first
+    own = "".join(" " + n for n in sockets)
     unit = [
         "[Unit]",
         f"Description=nexusd {ctx.service}: {cls.description}" if cls.description else f"Description=nexusd {ctx.service}",
-        f"Wants=network-online.target{etcd}",
-        f"After=network-online.target{etcd}{''.join(' ' + n for n in sockets)}",
+        "# Its sockets too: `systemctl start` of the service alone must not bind the port itself,",
+        "# or the socket units, started later (nexus.target), fail with the port taken.",
+        f"Wants=network-online.target{etcd}{own}",
+        f"After=network-online.target{etcd}{own}",
         "PartOf=nexus.target",
     ]
     svc = [

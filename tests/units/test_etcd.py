@@ -43,7 +43,7 @@ def test_install_with_then_without_etcd(tmp_path: Path):
     assert re.search(r"^ExecStart=/\S+/etcd --name nexus --data-dir %S/nexus/etcd ", etcd, re.M)
     assert "Type=notify" in etcd and "StateDirectory=nexus/etcd" in etcd and "DynamicUser=yes" in etcd
     images = (units / "nexus-images.service").read_text()
-    assert "Wants=network-online.target nexus-etcd.service\n" in images
+    assert "Wants=network-online.target nexus-etcd.service nexus-images.socket\n" in images
     assert images.index("EnvironmentFile=-/etc/nexus/common.env") < images.index("EnvironmentFile=-/etc/nexus/images.env")
     common = tmp_path / "etc/nexus/common.env"
     assert endpoints_in(common.read_text()) == [LOCAL_ENDPOINT] and common.stat().st_mode & 0o777 == 0o600

@@ -40,6 +40,7 @@ README_INSTALL = "pip install 'nexusd[images,etcd]'"
 LOGIN_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8"]
 SERVICES = ("nexus-gateway.service", "nexus-images.service", "nexus-tts.service")
+SOCKETS = ("nexus-gateway.socket", "nexus-gateway-obs.socket", "nexus-images.socket", "nexus-tts.socket")
 
 
 def readme_commands() -> list[str]:
@@ -207,8 +208,10 @@ def with_etcd(box, wheel):
 
 def test_every_unit_is_active_and_etcd_is_the_source(with_etcd):
     j = with_etcd
-    for unit in (*SERVICES, "nexus-etcd.service"):
+    for unit in (*SERVICES, *SOCKETS, "nexus-etcd.service", "nexus.target"):
         assert j.active(unit) == "active", j.box.journal(unit)[-3000:]
+    failed = j.box.run("systemctl", "list-units", "--failed", "--plain", "--no-legend").stdout
+    assert failed.strip() == "", failed
     install = j.out["/opt/nexusd/bin/nexusd units install"]
     assert "wrote   /etc/systemd/system/nexus-etcd.service" in install
     assert "kept    /etc/nexus/common.env" in install  # the operator's port, followed
@@ -290,7 +293,7 @@ def without_etcd(box, wheel, with_etcd):
 
 def test_without_etcd_the_gateway_finds_the_units_of_its_host(without_etcd):
     j = without_etcd
-    for unit in SERVICES:
+    for unit in (*SERVICES, *SOCKETS, "nexus.target"):
         assert j.active(unit) == "active", j.box.journal(unit)[-3000:]
     assert not (j.box.root / "etc/systemd/system/nexus-etcd.service").exists()
     assert j.box.show("nexus-etcd.service", "LoadState")["LoadState"] == "not-found"
