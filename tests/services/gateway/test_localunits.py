@@ -63,10 +63,18 @@ async def test_enabled_local_units_are_routed_and_follow_reload(tmp_path):
             assert gw.service.instances.instances == {}
 
 
-async def test_no_source_at_all_says_what_to_configure(tmp_path):
+async def test_no_source_at_all_says_what_to_configure(tmp_path, caplog):
     key = make_keys(tmp_path / "keys", {"admin": {}})["admin"]
+    caplog.set_level("INFO", logger="nexusd.gateway.discovery")
     async with serve_gateway(tmp_path / "keys", {}, shared=NO_ETCD, local_units="") as gw, \
             aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s:
+        # Logged once at start: the sources (none), then what has no instance and why.
+        async def warned() -> bool:
+            return any("no ready instance for audio.speech, audio.voices: no backends" in r.getMessage()
+                       for r in caplog.records)
+        await async_wait_for(warned, timeout=10, what="the start-up warning")
+        assert [r.getMessage() for r in caplog.records if "discovery sources" in r.getMessage()] == [
+            "discovery sources: none"]
         async with s.post(gw.api + "/v1/audio/speech", json={"input": "x", "voice": "a", "model": "m"}) as r:
             body = await r.json()
         assert r.status == 503 and r.headers["Retry-After"]
