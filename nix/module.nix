@@ -1,6 +1,6 @@
 # NixOS module: services.nexus.<service>.{enable, port, settings, environmentFile, resources,
 # openFirewall} for every service in ./services.json (written by `nexusd units packaging
-# --manifest`, checked against the code by a test), plus optional etcd wiring.
+# --manifest`, checked against the code by a test), plus etcd wiring: a local etcd by default.
 #
 # The units themselves are the package's rendered ones ($out/lib/systemd/system, through
 # systemd.packages): notify, watchdog, limits and hardening are exactly those of `nexusd units
@@ -125,7 +125,17 @@ in
       description = "The nexusd package; its rendered units are used as they are.";
     };
     etcd = {
-      enable = mkEnableOption "a local etcd (services.etcd) for multi-host discovery";
+      # The default, as `nexusd units install` does: services on one host find each other
+      # through a local etcd, and the same setup grows to more hosts (docs/multi-host.md).
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Run a local etcd (services.etcd, 127.0.0.1:2379) and point every enabled service at it.
+          Set to false with `endpoints` naming your cluster (other hosts), or with no endpoints:
+          the gateway then finds the services enabled on this host from their units.
+        '';
+      };
       endpoints = mkOption {
         type = types.listOf types.str;
         default = lib.optional cfg.etcd.enable "http://127.0.0.1:2379";

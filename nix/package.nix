@@ -25,7 +25,8 @@ py.buildPythonApplication {
   # After wrapPythonPrograms (fixup), so `nexusd` runs with its dependencies: the units get
   # this store path in ExecStart=, the same renderer as `nexusd units render` elsewhere.
   postFixup = ''
-    $out/bin/nexusd units render --nexusd $out/bin/nexusd --out $out/lib/systemd/system
+    # --no-etcd: on NixOS the local etcd is services.etcd (etcd.service), wired by ./module.nix.
+    $out/bin/nexusd units render --nexusd $out/bin/nexusd --no-etcd --out $out/lib/systemd/system
     $out/bin/nexusd units packaging --out $out/share/nexusd
     install -Dm644 $out/share/nexusd/sysusers.d/nexus.conf $out/lib/sysusers.d/nexus.conf
     install -Dm644 $out/share/nexusd/tmpfiles.d/nexus.conf $out/lib/tmpfiles.d/nexus.conf

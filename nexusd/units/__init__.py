@@ -9,7 +9,11 @@
 - `nexus-<service>.socket` (and `nexus-<service>-<listener>.socket` for every further listener)
   when the class sets `socket_activation = True`: one ListenStream= per `listeners()` entry,
   named with FileDescriptorName=<listener name> (systemd allows one name per socket unit);
-- `nexus.target`, which every unit is `WantedBy=`.
+- `nexus.target`, which every unit is `WantedBy=`;
+- `nexus-etcd.service`, the host's local etcd that every service `Wants=` (unless `--no-etcd`),
+  and every service unit reads `/etc/nexus/common.env` (NEXUS_ETCD_ENDPOINTS) before its own env
+  file: nexusd/units/etcd.py. nexusd/units/local.py reads installed units back (the gateway
+  without etcd, `nexusd status`).
 
 A service needs no change here to get its units. Two optional classmethods on `Service`
 (nexusd/runtime/service.py) let it add what only it knows; both receive a `UnitContext`

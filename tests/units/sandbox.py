@@ -79,6 +79,25 @@ def make_venv(work: Path) -> Path:
     return venv
 
 
+def wheelhouse(work: Path, extra: str) -> Path:
+    """nexusd's wheel from the working tree, in a directory the sandbox sees, with the wheels of
+    its dependencies and of `extra` in WHEELS (downloaded from PyPI once, then reused)."""
+    built = _build_wheel(work)
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    here = CACHE / "nexusd-wheel"
+    shutil.rmtree(here, ignore_errors=True)
+    here.mkdir()
+    wheel = Path(shutil.copy(built, here))
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    req = f"{wheel}[{extra}]"
+    offline = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index",
+                              "--find-links", str(WHEELS), req], capture_output=True)  # all cached?
+    if offline.returncode != 0:
+        subprocess.run([*pip, "wheel", "-w", str(WHEELS), req], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(CACHE)], check=True)
+    return wheel
+
+
 class Sandbox:
     def __init__(self, state: Path) -> None:
         self.state = state

@@ -17,6 +17,7 @@ from nexusd.runtime.envfile import env_example
 from nexusd.runtime.service import Listener
 from nexusd.services import load_service, service_names
 from nexusd.units.cli import write_tree
+from nexusd.units.etcd import find_etcd
 from nexusd.units.packaging import SYSUSERS, TMPFILES, manifest
 from nexusd.units.render import context, render_all, render_service
 
@@ -56,7 +57,7 @@ def test_render_out_removes_stale_generated_files(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_prints_nothing(tmp_path):
-    files = render_all(nexusd=nexusd_binary())
+    files = render_all(nexusd=nexusd_binary(), etcd=find_etcd() or pytest.skip("no etcd binary"))
     write_tree(tmp_path, files)
     # A drop-in for a unit we do not ship (e.g. ollama.service.d/) is verified on a stub unit.
     for rel in files:

@@ -9,6 +9,7 @@ proxy (relay and SSE), aggregation (/v1/models, files, report), metrics.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import ssl
@@ -17,12 +18,14 @@ from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
 from nexusd.runtime.settings import ConfigError
+from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
 from nexusd.services.gateway.instances import Instance, InstanceSet
 from nexusd.services.gateway.keys import KeyFileError, KeyStore
+from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
 from nexusd.services.gateway.proxy import Proxy
 from nexusd.services.gateway.ratelimit import RateLimiter
@@ -60,14 +63,19 @@ class GatewayService(Service):
         self.balancer = Balancer(cooldown=settings.eject_cooldown, eject_after=settings.eject_after,
                                  queue_timeout=settings.queue_timeout, on_eject=self._ejected)
         self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
+        self.proxy.table.explain = self._explain
         self.aggregation = Aggregation(self)
         self.etcd: EtcdDiscovery | None = None
         if shared.etcd_endpoint_list:
             self.etcd = EtcdDiscovery(shared, self.instances, retry=settings.etcd_retry,
                                       on_event=self._discovery_event)
+        # Without etcd: the nexusd services enabled on this host, from their units.
+        self.local_units = LocalUnitsDiscovery(settings.local_units, self.instances) \
+            if self.etcd is None and settings.local_units else None
+        self._diagnosis: asyncio.Task[None] | None = None
         registry.register(InstanceCollector(self._snapshot))
         self.recent_errors = RecentErrors()
-        self._status_page = status_handler(self.aggregation.report, self.recent_errors, self.version)
+        self._status_page = status_handler(self.extra_metadata, self.recent_errors, self.version)
         self._auth = make_auth_check(self.keys, self.limiter, self._rejected,
                                      failures_per_minute=settings.auth_failures_per_minute,
                                      trusted_proxies=settings.trusted_proxy_networks)
@@ -123,7 +131,7 @@ class GatewayService(Service):
         return {"discovery": self._discovery_ready}
 
     def extra_metadata(self) -> dict[str, Any]:
-        return self.aggregation.report()
+        return {**self.aggregation.report(), **diagnosis.report(self)}
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,6 +143,9 @@ class GatewayService(Service):
         add_static(self.instances, self.settings.static_backends or {})
         if self.etcd is not None:
             await self.etcd.start()
+        if self.local_units is not None:
+            await self.local_units.start()
+        self._diagnosis = asyncio.create_task(diagnosis.log_once_ready(self), name="gateway-diagnosis")
         # The relay allocates many short-lived objects per request; with the default gen-0
         # threshold (700) the collector runs every few requests and walks every object of a big
         # heap (pydantic, grpc, prometheus). Freezing what start-up made and collecting gen 0
@@ -145,6 +156,10 @@ class GatewayService(Service):
 
     async def stop(self) -> None:
         logging.getLogger().removeHandler(self.recent_errors)
+        if self._diagnosis is not None:
+            self._diagnosis.cancel()
+        if self.local_units is not None:
+            await self.local_units.stop()
         if self.etcd is not None:
             await self.etcd.stop()
         await self.instances.stop()
@@ -152,6 +167,8 @@ class GatewayService(Service):
 
     async def reload(self) -> None:
         self._load_keys()
+        if self.local_units is not None:
+            self.local_units.rescan()
 
     def _load_keys(self) -> None:
         try:
@@ -186,6 +203,10 @@ class GatewayService(Service):
     def rebuild(self) -> None:
         known = [i for i in self.instances.instances.values() if i.metadata is not None and not i.is_gateway]
         self.proxy.table = RoutingTable.build(self.instances.routable(), known)
+        self.proxy.table.explain = self._explain
+
+    def _explain(self, op: str) -> str:
+        return ": " + diagnosis.why(self, op)  # the 503 says why no instance serves op
 
     def etcd_state(self) -> dict[str, Any] | None:
         if self.etcd is None:

@@ -6,6 +6,7 @@ the request path; a lookup is a few dict reads. Ejection is checked at pick time
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ class RoutingTable:
         # not: 503 (serves it, none ready) vs 400 (never serves it) vs 404 (no such model)
         self.known_models: dict[str, set[str]] = {}
         self.models: list[dict[str, Any]] = []  # for /v1/models
+        self.explain: Callable[[str], str] = lambda op: ""  # why no instance (gateway/diagnosis.py)
 
     @classmethod
     def build(cls, ready: list[Instance], known: list[Instance]) -> RoutingTable:
@@ -121,7 +123,7 @@ class RoutingTable:
         if not instances:
             if model is not None and self.known_models:
                 raise self.unroutable(op, model)
-            raise no_instance(f"No ready instance serves {op}")
+            raise no_instance(f"No ready instance serves {op}{self.explain(op)}")
         return instances, ""
 
     def unroutable(self, op: str, model: str) -> ApiError:

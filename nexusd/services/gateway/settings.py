@@ -64,6 +64,8 @@ class GatewaySettings(ServiceSettings):
     trusted_proxies: str = Field(
         "", description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client "
                         "address (for the per-address limits); unset: the socket's peer is the client")
+    local_units: str = Field("/etc/systemd/system", description="Without NEXUS_ETCD_ENDPOINTS: find the nexusd "
+                             "services enabled on this host from the units here; empty = off")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
 
     @field_validator("trusted_proxies")

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from nexusd.services.gateway.diagnosis import html_section as discovery_html
+
 REFRESH_SECONDS = 5
 _STATE_COLORS = {"ready": "#1a7f37", "not_ready": "#bf8700", "ejected": "#cf222e",
                  "unknown": "#6e7781", "ignored": "#6e7781"}
@@ -40,7 +42,7 @@ def _e(value: Any) -> str:
 
 def _etcd(state: dict[str, Any] | None) -> str:
     if not state:
-        return "off (static backends)"
+        return "off (see Discovery)"
     return f"connected, revision {state.get('revision')}" if state.get("connected") else "disconnected"
 
 
@@ -91,7 +93,7 @@ th{{background:#f6f8fa}} .badge{{color:#fff;border-radius:1rem;padding:.05rem .5
 <h1>nexusd gateway</h1>
 <p class=summary>version {_e(version)} · services: {_e(", ".join(services) or "none")} · {ready}/{len(instances)} instances ready
  · etcd: {_e(_etcd(etcd))} · refreshes every {REFRESH_SECONDS}s · {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
-<h2>Instances</h2>
+{discovery_html(report)}<h2>Instances</h2>
 {_table(["service", "instance", "base URL", "state", "in flight", "served", "models", "declared", "cgroup limits", "sources", "last error"], inst_rows, "No instances discovered yet.")}
 <h2>Routes</h2>
 {_table(["method", "path", "operation", "streaming"], route_rows, "No routes yet.")}
