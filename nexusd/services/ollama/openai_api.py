@@ -1,7 +1,8 @@
 """The OpenAI request bodies both engines accept, with bounds.
 
 Unknown fields are kept (`extra="allow"`) so the `ollama` engine relays what Ollama understands
-(tools, format, keep_alive, ...) unchanged; the `llamacpp` engine uses the fields named here.
+(format, keep_alive, ...) unchanged; the `llamacpp` engine acts on the fields named here and
+answers any other with a 400 naming it.
 """
 
 from __future__ import annotations

@@ -132,6 +132,8 @@ def test_errors_in_ollamas_shape_and_the_service_keeps_serving(svc, client):
         assert status == 400 and named in json.loads(raw)["error"], raw
     status, _, raw = http("POST", svc.url + "/api/chat", b"{not json")
     assert status == 400 and "error" in json.loads(raw)
+    status, _, raw = http("POST", svc.url + "/api/blobs/sha256:" + "0" * 64, b"GGUF")
+    assert status == 400 and "NEXUS_OLLAMA_GGUF" in json.loads(raw)["error"]
     status, _, raw = http("GET", svc.url + "/api/nope")
     assert status == 404 and isinstance(json.loads(raw)["error"], str)
     status, _, raw = http("GET", svc.url + "/api/chat")  # a route's other method: 405, Ollama's shape

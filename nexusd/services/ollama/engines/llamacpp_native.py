@@ -73,6 +73,8 @@ class NativeApi:
         for name in MANAGED:
             eps.append(Endpoint("DELETE" if name == "delete" else "POST", f"/api/{name}", self.managed,
                                 f"ollama.{name}", errors="ollama"))
+        eps += [Endpoint(method, "/api/blobs/{digest}", self.managed, "ollama.blobs", errors="ollama", listed=listed)
+                for method, listed in (("POST", True), ("HEAD", False))]
         eps += [Endpoint("GET", "/", self.root, "ollama.root", listed=False),
                 Endpoint("HEAD", "/", self.root, "ollama.root", listed=False)]
         return eps
@@ -135,7 +137,7 @@ class NativeApi:
                                   "capabilities": ["completion", "tools", "embedding"]})
 
     async def managed(self, request: web.Request) -> web.StreamResponse:
-        name = request.path.rsplit("/", 1)[-1]
+        name = request.path.split("/")[2]
         raise ApiError(400, f"/api/{name} is not available on the llamacpp engine: its models are the GGUF files "
                             "configured in NEXUS_OLLAMA_GGUF")
 
