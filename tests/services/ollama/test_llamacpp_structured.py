@@ -122,6 +122,30 @@ def test_tool_round_trip(client):
     assert msg.content or msg.tool_calls
 
 
+def test_auto_with_strict_tools_answers_with_valid_calls_or_text(client):
+    strict = [{"type": "function", "function": {**t["function"], "strict": True}} for t in TOOLS]
+    for seed in range(3):
+        r = client.chat.completions.create(model=DEFAULT_NAME, messages=ASK, tools=strict, seed=seed, max_tokens=60)
+        msg = r.choices[0].message
+        assert msg.content or msg.tool_calls
+        for call in msg.tool_calls or []:  # constrained once the model opened a call
+            schema = TOOLS[0 if call.function.name == "get_weather" else 1]["function"]["parameters"]
+            jsonschema.validate(json.loads(call.function.arguments), schema)
+
+
+def test_a_grammar_left_without_allowed_tokens_is_a_400_and_the_service_serves_on(svc, client):
+    import llama_cpp
+
+    llm = llama_cpp.Llama(default_gguf(), vocab_only=True, verbose=False)
+    banned = {str(t): -100 for t in range(llm.n_vocab()) if llm.detokenize([t]).lstrip().startswith(b"{")}
+    for stream in (False, True):
+        status, _, raw = post_json(svc.url + "/v1/chat/completions", {
+            "messages": ASK, "max_tokens": 8, "response_format": {"type": "json_object"}, "logit_bias": banned,
+            "stream": stream})
+        assert status == 400 and "no token the grammar allows" in json.loads(raw)["error"]["message"], raw
+    assert client.chat.completions.create(model=DEFAULT_NAME, messages=ASK, max_tokens=2).usage.completion_tokens <= 2
+
+
 def test_json_schema_output_is_valid_in_20_of_20_seeds(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
     for seed in SEEDS:
@@ -193,6 +217,8 @@ BAD = [
     ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer", "maximum": 3}}}}}]}, "maximum"),
     ({"tools": [{"type": "code_interpreter"}], "tool_choice": "auto"}, "tools[0]"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"x": {"not": {"type": "null"}}}}}}], "tool_choice": "required"}, "keyword 'not'"),

@@ -117,7 +117,7 @@ def json_object_grammar() -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _tool_grammar(calls_json: str, parallel: bool) -> str:
+def _tool_grammar(calls_json: str, parallel: bool, opened: bool) -> str:
     converter = _converter()
     alternatives = []
     for i, (name, params) in enumerate(json.loads(calls_json)):
@@ -127,16 +127,19 @@ def _tool_grammar(calls_json: str, parallel: bool) -> str:
                              "required": ["name", "arguments"]})
     _converted(converter.visit, {"anyOf": alternatives} if len(alternatives) > 1 else alternatives[0], "call")
     block = r'"<tool_call>\n" call "\n</tool_call>"'
-    root = f'{block} ("\\n" {block})*' if parallel else block
+    # opened: the model already wrote "<tool_call>" (tool_choice auto): the rest of that block.
+    first = r'"\n"? call "\n"? "</tool_call>"' if opened else block
+    root = f'{first} ("\\n" {block})*' if parallel else first
     return f"root ::= {root}\n" + converter.format_grammar()
 
 
-def tool_call_grammar(functions: list[tuple[str, dict[str, Any]]], parallel: bool) -> str:
+def tool_call_grammar(functions: list[tuple[str, dict[str, Any]]], parallel: bool, opened: bool = False) -> str:
     """GBNF for one (or, with `parallel`, one or more) Hermes-style `<tool_call>` blocks, each
-    `{"name": ..., "arguments": {...}}` with arguments valid for that function's schema."""
+    `{"name": ..., "arguments": {...}}` with arguments valid for that function's schema.
+    `opened`: the grammar starts after the first block's `<tool_call>`."""
     for name, params in functions:
         try:
             check_schema(params)
         except UnsupportedSchema as exc:
             raise UnsupportedSchema(f"function {name!r} parameters: {exc}") from None
-    return _tool_grammar(json.dumps(functions), parallel)
+    return _tool_grammar(json.dumps(functions), parallel, opened)

@@ -258,11 +258,11 @@ class LlamaCppEngine(Engine):
             try:
                 try:
                     sampler = SamplerChain(m.llm._model.vocab, m.info["n_vocab"], params.sampling)
+                    seq = Sequence(tokens, params, sampler, m.info["piece"], m.info["is_eog"])
+                    result = run_single(m.llm, seq, cancel, (lambda t, lp: pieces.emit((t, lp))) if sink else None,
+                                        lambda: loop.call_soon_threadsafe(timer.token))
                 except GrammarError as exc:
                     raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
-                seq = Sequence(tokens, params, sampler, m.info["piece"], m.info["is_eog"])
-                result = run_single(m.llm, seq, cancel, (lambda t, lp: pieces.emit((t, lp))) if sink else None,
-                                    lambda: loop.call_soon_threadsafe(timer.token))
                 self.metrics.generated.labels(m.name).inc(result.completion_tokens)  # thread-safe
                 return result
             finally:
@@ -292,7 +292,12 @@ class LlamaCppEngine(Engine):
                     await sink.pieces(batch)
                     if item is None:
                         item = await queue.get()
-                result = await fut
+                try:
+                    result = await fut
+                except ApiError as exc:  # after the headers: the error goes into the stream
+                    await sink.fail(exc)
+                    timer.done(None, "error")
+                    return None
                 await sink.close(result)
             except (ConnectionResetError, OSError):  # the client left: the finally cancels
                 self.metrics.cancelled.labels(m.name).inc()

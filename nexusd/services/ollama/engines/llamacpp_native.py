@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from nexusd.runtime import sse
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.service import Endpoint
 from nexusd.services.ollama.engines import grammar, tools
@@ -380,4 +381,8 @@ class NdjsonSink:
             final["response"] = ""
         out.append(self.line(final))
         await self.resp.write(b"".join(out))
+        await self.resp.write_eof()
+
+    async def fail(self, error: ApiError) -> None:
+        await self.resp.write(sse.error_event(error, "ollama"))
         await self.resp.write_eof()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from nexusd.runtime import sse
 from nexusd.runtime.errors import ApiError
 from nexusd.services.ollama.engines import grammar, tools
 from nexusd.services.ollama.engines.sampling import SamplingParams
@@ -44,6 +45,8 @@ class Sink(Protocol):
 
     async def close(self, result: Result) -> None: ...
 
+    async def fail(self, error: ApiError) -> None: ...
+
 
 def refuse_unknown(body: ChatRequest | CompletionRequest | EmbeddingRequest) -> None:
     for key in body.model_extra or {}:
@@ -56,7 +59,8 @@ def refuse_unknown(body: ChatRequest | CompletionRequest | EmbeddingRequest) -> 
                                param=f"messages[{i}].{key}", code="unsupported_parameter")
 
 
-def sampling(m: LocalModel, body: ChatRequest | CompletionRequest, grammar_text: str | None) -> SamplingParams:
+def sampling(m: LocalModel, body: ChatRequest | CompletionRequest, grammar_text: str | None,
+             lazy: str | None = None) -> SamplingParams:
     bias: dict[int, float] = {}
     for k, v in (body.logit_bias or {}).items():
         if not k.isdigit() or int(k) >= m.info["n_vocab"] or not -100 <= v <= 100:
@@ -67,7 +71,7 @@ def sampling(m: LocalModel, body: ChatRequest | CompletionRequest, grammar_text:
         top_p=0.95 if body.top_p is None else body.top_p,
         seed=body.seed if body.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little"),
         presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
-        logit_bias=bias, grammar=grammar_text)
+        logit_bias=bias, grammar=grammar_text, trigger=tools.OPEN if lazy else None, lazy_grammar=lazy)
 
 
 def response_grammar(fmt: dict[str, Any] | None) -> str | None:
@@ -101,12 +105,16 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
                        param="response_format", code="unsupported_parameter")
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs", code="invalid_value")
-    if mode == "forced":
+    lazy = None
+    # forced: the whole answer is tool calls. auto with a strict tool: free text until the model
+    # opens a <tool_call>, constrained from there (sequence.Sequence switches the grammar on).
+    if mode == "forced" or mode == "auto" and any(f.get("strict") for f in offered):
         try:
-            fmt = grammar.tool_call_grammar([(f["name"], f["parameters"]) for f in offered],
-                                            parallel=body.parallel_tool_calls is not False)
+            calls = grammar.tool_call_grammar([(f["name"], f["parameters"]) for f in offered],
+                                              parallel=body.parallel_tool_calls is not False, opened=mode == "auto")
         except grammar.UnsupportedSchema as exc:
             raise ApiError(400, f"tools: {exc}", param="tools", code="unsupported_schema") from None
+        fmt, lazy = (calls, None) if mode == "forced" else (None, calls)
     messages = [msg.model_dump(exclude_none=True) for msg in body.messages]
     for d, msg in zip(messages, body.messages, strict=True):
         if isinstance(msg.content, list):  # OpenAI content parts: the text ones
@@ -114,7 +122,7 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
     tokens = await engine.off_loop(engine.render_chat, m, messages, offered if mode != "none" else None)
     params = GenParams(max_tokens=min(capped(body.requested_max_tokens(), engine.settings.max_tokens),
                                       engine.room(m, len(tokens))),
-                       sampling=sampling(m, body, fmt), stop=body.stop_list,
+                       sampling=sampling(m, body, fmt, lazy), stop=body.stop_list,
                        logprobs=(body.top_logprobs or 0) if body.logprobs else None)
     if body.stream:
         sink = ChatSink(m.name, body.include_usage, with_tools=mode != "none")
@@ -191,6 +199,10 @@ class ChatSink:
         await self.resp.write(SSE_DONE)
         await self.resp.write_eof()
 
+    async def fail(self, error: ApiError) -> None:
+        await self.resp.write(sse.error_event(error, "openai"))
+        await self.resp.write_eof()
+
 
 # --- completions -----------------------------------------------------------------------
 async def openai_completions(engine: LlamaCppEngine, request: web.Request, body: CompletionRequest,
@@ -257,4 +269,8 @@ class CompletionSink:
             await self.resp.write(sse_bytes({"id": self.id, "object": "text_completion", "created": self.created,
                                              "model": self.model, "choices": [], "usage": result.usage}))
         await self.resp.write(SSE_DONE)
+        await self.resp.write_eof()
+
+    async def fail(self, error: ApiError) -> None:
+        await self.resp.write(sse.error_event(error, "openai"))
         await self.resp.write_eof()

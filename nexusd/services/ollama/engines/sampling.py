@@ -36,6 +36,10 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF, root rule `root`
+    # Lazy grammar: applied from the moment the generated text ends with `trigger` (tool_choice
+    # auto with strict tools: free text until the model opens a tool call, then constrained).
+    trigger: str | None = None
+    lazy_grammar: str | None = None
 
 
 class GrammarError(ValueError):
@@ -50,11 +54,10 @@ class SamplerChain:
 
         self.lc = lc
         self.n_vocab = n_vocab
+        self.vocab = vocab
         self.grammar = None
         if params.grammar is not None:
-            self.grammar = lc.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not self.grammar:
-                raise GrammarError("llama.cpp could not parse the grammar")
+            self.set_grammar(params.grammar)
         self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda s: lc.llama_sampler_chain_add(self.chain, s)  # noqa: E731 - the chain owns s
         if params.logit_bias:
@@ -85,6 +88,16 @@ class SamplerChain:
                                                  size=1, selected=-1, sorted=False)
         self.grammar_resamples = 0
 
+    def set_grammar(self, text: str) -> None:
+        """Constrain from the next token on (llama.cpp's own lazy grammars feed the trigger
+        text to the grammar, and a piece it refuses aborts the process: this never does)."""
+        grammar = self.lc.llama_sampler_init_grammar(self.vocab, text.encode(), b"root")
+        if not grammar:
+            raise GrammarError("llama.cpp could not parse the grammar")
+        if self.grammar:
+            self.lc.llama_sampler_free(self.grammar)
+        self.grammar = grammar
+
     def _fill(self, logits: np.ndarray) -> None:
         self.data.id[:] = self.ids
         self.data.logit[:] = logits
@@ -113,6 +126,8 @@ class SamplerChain:
             self._fill(logits)
             self.lc.llama_sampler_apply(self.grammar, ctypes.byref(self.cur))
             token = self._chain_pick()
+            if not self.allowed(token):  # accepting it would abort the process inside llama.cpp
+                raise GrammarError("no token the grammar allows is left to sample (banned by logit_bias?)")
         self.accept(token)
         return token
 
@@ -122,7 +137,7 @@ class SamplerChain:
         self.lc.llama_sampler_accept(self.chain, token)
 
     def close(self) -> None:
-        for s in (self.chain, self.grammar):
+        for s in (getattr(self, "chain", None), self.grammar):
             if s:
                 self.lc.llama_sampler_free(s)
         self.chain = self.grammar = None

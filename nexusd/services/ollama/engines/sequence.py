@@ -86,6 +86,8 @@ class Sequence:
         self.finish: str | None = None
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.pending: list[TokenLogprob] = []
+        self.trigger = params.sampling.trigger if params.sampling.lazy_grammar else None
+        self.trigger_from = 0  # where to look for the trigger next
 
     def step(self, logits: np.ndarray) -> tuple[int | None, str, list[TokenLogprob]]:
         """Sample from this step's logits. Returns (token to decode next or None when finished,
@@ -102,6 +104,8 @@ class Sequence:
             self.logprobs.append(entry)
             self.pending.append(entry)
         self.text += self.decoder.decode(self.piece(token))
+        if self.trigger is not None:
+            self._watch_trigger()
         if self.stops:
             window = max(0, self.sent - max(len(s) for s in self.stops))
             hits = [i for i in (self.text.find(s, window) for s in self.stops) if i >= 0]
@@ -117,6 +121,19 @@ class Sequence:
             self.sent, self.pending = safe, []
             return token, out, lps
         return token, "", []
+
+    def _watch_trigger(self) -> None:
+        """Switch the lazy grammar on once the text ends with the trigger (and only then: text
+        after it in the same token would not be checked by the grammar)."""
+        assert self.trigger is not None and self.params.sampling.lazy_grammar is not None
+        at = self.text.find(self.trigger, self.trigger_from)
+        if at < 0:
+            self.trigger_from = max(0, len(self.text) - len(self.trigger) + 1)
+            return
+        self.trigger_from = at + 1
+        if self.text[at + len(self.trigger):].strip(" \n") == "":
+            self.sampler.set_grammar(self.params.sampling.lazy_grammar)
+            self.trigger = None
 
     def _flush(self) -> tuple[str, list[TokenLogprob]]:
         self.text += self.decoder.decode(b"", final=True)
