@@ -110,11 +110,12 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
     # opens a <tool_call>, constrained from there (sequence.Sequence switches the grammar on).
     if mode == "forced" or mode == "auto" and any(f.get("strict") for f in offered):
         try:
-            calls = grammar.tool_call_grammar([(f["name"], f["parameters"]) for f in offered],
-                                              parallel=body.parallel_tool_calls is not False, opened=mode == "auto")
+            call_grammar = grammar.tool_call_grammar([(f["name"], f["parameters"]) for f in offered],
+                                                     parallel=body.parallel_tool_calls is not False,
+                                                     opened=mode == "auto")
         except grammar.UnsupportedSchema as exc:
             raise ApiError(400, f"tools: {exc}", param="tools", code="unsupported_schema") from None
-        fmt, lazy = (calls, None) if mode == "forced" else (None, calls)
+        fmt, lazy = (call_grammar, None) if mode == "forced" else (None, call_grammar)
     messages = [msg.model_dump(exclude_none=True) for msg in body.messages]
     for d, msg in zip(messages, body.messages, strict=True):
         if isinstance(msg.content, list):  # OpenAI content parts: the text ones

@@ -64,7 +64,7 @@ class SamplerChain:
             biases = (lc.llama_logit_bias * len(params.logit_bias))()
             for i, (token, bias) in enumerate(params.logit_bias.items()):
                 # OpenAI: -100 bans a token, +100 forces it; in between nudges the logit.
-                biases[i].token, biases[i].bias = token, (-math.inf if bias <= -100 else bias)
+                biases[i] = lc.llama_logit_bias(token, -math.inf if bias <= -100 else bias)
             add(lc.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
             add(lc.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
