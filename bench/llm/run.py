@@ -8,6 +8,12 @@ Both sides generate exactly --tokens tokens (end-of-generation tokens are banned
 from the same prompt, streamed. Rounds alternate direct / service so that load from elsewhere on
 the machine hits both alike; medians are reported, with the ratio service/direct (goal ≥ 0.95).
 Decode tokens/s = (tokens - 1) / (last token - first token); TTFT = request to first token.
+
+Constrained generation (same service, same run): /v1/chat/completions with a json_schema
+response_format vs the same prompt unconstrained, both exactly --tokens tokens (the schema's
+minItems cannot be met sooner; the unconstrained side bans end-of-generation), ratio
+constrained/unconstrained (goal >= 0.7); and the grammar build time (schema -> GBNF, then
+llama.cpp's grammar parser) measured in-process.
 """
 
 from __future__ import annotations
@@ -78,6 +84,58 @@ def service_run(port: int, tokens: int, bias: dict[int, float], seed: int) -> di
     return {"ttft": first - start, "tps": (n - 1) / (last - first), "chunks": n}
 
 
+# Cannot be completed in --tokens tokens (minItems), so the grammar runs for all of them.
+SCHEMA = {"type": "array", "minItems": 60, "items": {
+    "type": "object", "additionalProperties": False, "required": ["name", "age"],
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}}}}
+CHAT = [{"role": "user", "content": "List people with their names and ages as JSON."}]
+
+
+def chat_run(port: int, tokens: int, seed: int, bias: dict[int, float] | None, schema: dict | None) -> dict[str, float]:
+    doc: dict = {"messages": CHAT, "max_tokens": tokens, "seed": seed, "stream": True,
+                 "stream_options": {"include_usage": True}}
+    if schema is not None:
+        doc["response_format"] = {"type": "json_schema", "json_schema": {"name": "people", "schema": schema}}
+    else:
+        doc["logit_bias"] = {str(k): v for k, v in (bias or {}).items()}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", json.dumps(doc), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    first = last = 0.0
+    n, usage = 0, None
+    for line in resp:
+        if not line.startswith(b"data: {"):
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            last = time.perf_counter()
+            if n == 0:
+                first = last
+            n += 1
+    conn.close()
+    assert usage and usage["completion_tokens"] == tokens, usage
+    return {"ttft": first - start, "tps": (n - 1) / (last - first), "chunks": n}
+
+
+def grammar_build_ms(gguf: str) -> dict[str, float]:
+    import llama_cpp
+
+    from nexusd.services.ollama.engines import grammar
+    from nexusd.services.ollama.engines.sampling import SamplerChain, SamplingParams
+
+    llm = llama_cpp.Llama(gguf, vocab_only=True, verbose=False)
+    t0 = time.perf_counter()
+    text = grammar._schema_grammar.__wrapped__(json.dumps(SCHEMA))
+    t1 = time.perf_counter()
+    SamplerChain(llm._model.vocab, llm.n_vocab(), SamplingParams(grammar=text)).close()
+    t2 = time.perf_counter()
+    return {"gbnf_ms": (t1 - t0) * 1000, "parse_ms": (t2 - t1) * 1000, "rules": text.count("::=")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=128)
@@ -122,10 +180,16 @@ def main() -> int:
             time.sleep(0.2)
         direct_run(llm, 8, bias, 0)  # warm-up, both sides
         service_run(port, 8, bias, 0)
-        results: dict[str, list[dict[str, float]]] = {"direct": [], "service": []}
+        results: dict[str, list[dict[str, float]]] = {"direct": [], "service": [], "unconstrained": [],
+                                                      "json_schema": []}
         for r in range(args.rounds):
             results["direct"].append(direct_run(llm, args.tokens, bias, r + 1))
             results["service"].append(service_run(port, args.tokens, bias, r + 1))
+        chat_run(port, 8, 0, bias, None)  # warm-up
+        for r in range(args.rounds):
+            results["unconstrained"].append(chat_run(port, args.tokens, r + 1, bias, None))
+            results["json_schema"].append(chat_run(port, args.tokens, r + 1, None, SCHEMA))
+        build = grammar_build_ms(gguf)
     finally:
         svc.terminate()
         svc.wait(30)
@@ -135,14 +199,19 @@ def main() -> int:
     print(f"{Path(gguf).name}, {args.threads} threads, gpu layers {args.gpu_layers} "
           f"(offload {'on' if llama_cpp.llama_supports_gpu_offload() else 'off'}), ctx {args.ctx}, "
           f"{args.tokens} tokens, median of {args.rounds} alternating rounds, {os.cpu_count()} CPUs")
-    print(f"{'':10}{'decode tok/s':>14}{'TTFT ms':>10}")
+    print(f"{'':14}{'decode tok/s':>14}{'TTFT ms':>10}")
     for side, s in summary.items():
-        print(f"{side:10}{s['tps']:>14.1f}{s['ttft'] * 1000:>10.1f}")
+        print(f"{side:14}{s['tps']:>14.1f}{s['ttft'] * 1000:>10.1f}")
     print(f"service/direct tokens/s: {ratio:.3f} (goal >= 0.95); TTFT added: "
           f"{(summary['service']['ttft'] - summary['direct']['ttft']) * 1000:+.1f} ms")
+    constrained = summary["json_schema"]["tps"] / summary["unconstrained"]["tps"]
+    print(f"json_schema/unconstrained tokens/s (chat, same prompt and tokens): {constrained:.3f} (goal >= 0.7)")
+    print(f"grammar build: schema->GBNF {build['gbnf_ms']:.1f} ms, llama.cpp grammar parse {build['parse_ms']:.1f} ms "
+          f"({build['rules']} rules)")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": results,
-                                         "summary": summary, "ratio_tps": ratio}, indent=2))
+                                         "summary": summary, "ratio_tps": ratio,
+                                         "ratio_constrained": constrained, "grammar_build": build}, indent=2))
     return 0
 
 

@@ -45,6 +45,7 @@ class OllamaService(Service):
     # torch here only costs start time and memory); llama.cpp's share is n_gpu_layers + context.
     default_resources = Resources(cpu="8", memory="32Gi", gpu="nvidia-gpu")
     watchdog_sec = 30
+    error_formats = {"/api/": "ollama"}  # unknown /api/... paths answer in Ollama's shape (llamacpp)
     settings: OllamaSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,7 +1,8 @@
 """The OpenAI request bodies both engines accept, with bounds.
 
 Unknown fields are kept (`extra="allow"`) so the `ollama` engine relays what Ollama understands
-(tools, format, keep_alive, ...) unchanged; the `llamacpp` engine uses the fields named here.
+(format, keep_alive, ...) unchanged; the `llamacpp` engine acts on the fields named here and
+answers any other with a 400 naming it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Message(_Body):
     # str, or OpenAI's list of content parts; None for assistant tool calls.
     content: Text | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] | None = None
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=MAX_ITEMS)
+    tool_call_id: str | None = Field(None, max_length=256)
 
 
 class _Generation(_Body):
@@ -64,6 +67,12 @@ class _Generation(_Body):
 class ChatRequest(_Generation):
     messages: list[Message] = Field(min_length=1, max_length=MAX_ITEMS)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -72,6 +81,7 @@ class ChatRequest(_Generation):
 class CompletionRequest(_Generation):
     prompt: Text | Texts
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

@@ -14,8 +14,6 @@ import importlib.util
 import logging
 import os
 import threading
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,20 +24,21 @@ from aiohttp import web
 from nexusd.runtime.admission import Admission
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.metadata import Concurrency, ModelInfo
-from nexusd.runtime.service import Check
+from nexusd.runtime.service import Check, Endpoint
 from nexusd.runtime.settings import ConfigError
-from nexusd.services.ollama.engines import Engine
-from nexusd.services.ollama.engines.generation import Params, PieceBatcher, Result, run_tokens
-from nexusd.services.ollama.metrics import GenerationTimer
-from nexusd.services.ollama.openai_api import (
-    SSE_DONE,
-    ChatRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    capped,
-    sse_bytes,
-    start_sse,
+from nexusd.services.ollama.engines import Engine, tools
+from nexusd.services.ollama.engines.generation import PieceBatcher
+from nexusd.services.ollama.engines.llamacpp_native import NativeApi
+from nexusd.services.ollama.engines.llamacpp_openai import (
+    Sink,
+    openai_chat,
+    openai_completions,
+    refuse_unknown,
 )
+from nexusd.services.ollama.engines.sampling import GrammarError, SamplerChain
+from nexusd.services.ollama.engines.sequence import GenParams, Result, Sequence, run_single
+from nexusd.services.ollama.metrics import GenerationTimer
+from nexusd.services.ollama.openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("nexusd.ollama.llamacpp")
 
@@ -56,6 +55,16 @@ def default_gguf() -> str | None:
         return None
     path = os.path.join(list(spec.submodule_search_locations)[0], DEFAULT_FILE)
     return path if os.path.exists(path) else None
+
+
+def describe(llm: Any) -> dict[str, Any]:
+    """What Ollama's /api/tags and /api/show tell about a model, from the GGUF."""
+    desc = llm._model.desc().split()  # "llama 135M Q4_1"
+    n_params = llm._model.n_params()
+    size = f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
+    return {"arch": llm.metadata.get("general.architecture", desc[0] if desc else ""), "n_params": n_params,
+            "size_label": llm.metadata.get("general.size_label", size), "n_ctx_train": llm._model.n_ctx_train(),
+            "quantization": desc[-1] if len(desc) >= 3 else ""}
 
 
 @dataclass
@@ -134,7 +143,10 @@ class LlamaCppEngine(Engine):
         m.info = {"file": os.path.basename(m.path), "n_ctx": llm.n_ctx(), "n_embd": llm.n_embd(),
                   "n_vocab": llm.n_vocab(), "chat_template": bool(template), "gpu_offload": offload,
                   "n_gpu_layers": self.settings.gpu_layers if offload else 0,
-                  "is_eog": lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t))}
+                  "template_tools": "tools" in (template or ""), "template": template or "",
+                  **describe(llm),
+                  "is_eog": lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)),
+                  "piece": lambda t: llm.detokenize([t])}
         m.llm = llm
 
     def _embedder(self, m: LocalModel) -> Any:
@@ -172,10 +184,13 @@ class LlamaCppEngine(Engine):
     def models(self) -> list[ModelInfo]:
         out = []
         for i, m in enumerate(self.local.values()):
-            details = {k: v for k, v in m.info.items() if k != "is_eog"} or {"file": os.path.basename(m.path)}
+            details = {k: v for k, v in m.info.items() if not callable(v)} or {"file": os.path.basename(m.path)}
             out.append(ModelInfo(id=m.name, operations=OPS, owned_by="nexus", default_for=OPS if i == 0 else [],
                                  details=details, concurrency=m.slot.concurrency))
         return out
+
+    def endpoints(self) -> list[Endpoint]:
+        return NativeApi(self).endpoints()
 
     def concurrency(self) -> Concurrency:
         return Concurrency(max_inflight=max(1, len(self.local)), max_queue=self.settings.max_queue)
@@ -194,54 +209,45 @@ class LlamaCppEngine(Engine):
                            code="model_not_ready", headers={"Retry-After": "5"})
         return m
 
-    def _params(self, m: LocalModel, body: ChatRequest | CompletionRequest, n_prompt: int) -> Params:
-        room = m.info["n_ctx"] - n_prompt
-        if room <= 0:
-            raise ApiError(400, f"This model's maximum context length is {m.info['n_ctx']} tokens; "
-                           f"the prompt has {n_prompt} tokens", param="messages", code="context_length_exceeded")
-        bias: dict[int, float] = {}
-        for k, v in (body.logit_bias or {}).items():
-            if not k.isdigit() or int(k) >= m.info["n_vocab"] or not -100 <= v <= 100:
-                raise ApiError(400, f"logit_bias: bad entry {k!r}: {v}", param="logit_bias", code="invalid_value")
-            bias[int(k)] = v
-        return Params(
-            max_tokens=min(capped(body.requested_max_tokens(), self.settings.max_tokens), room),
-            temperature=0.8 if body.temperature is None else body.temperature,
-            top_p=0.95 if body.top_p is None else body.top_p, stop=body.stop_list, seed=body.seed,
-            presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
-            logit_bias=bias)
+    def room(self, m: LocalModel, n_prompt: int, n_ctx: int | None = None, param: str = "messages") -> int:
+        """Tokens left for the answer; a prompt that does not fit is a 400."""
+        n_ctx = n_ctx or m.info["n_ctx"]
+        if n_ctx - n_prompt <= 0:
+            raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens; "
+                           f"the prompt has {n_prompt} tokens", param=param, code="context_length_exceeded")
+        return n_ctx - n_prompt
 
-    def _chat_tokens(self, m: LocalModel, body: ChatRequest) -> list[int]:
-        messages = []
-        for msg in body.messages:
-            d = msg.model_dump(exclude_none=True)
-            if isinstance(msg.content, list):  # OpenAI content parts: the text ones
-                d["content"] = "".join(p.get("text", "") for p in msg.content if p.get("type") == "text")
-            messages.append(d)
+    def render_chat(self, m: LocalModel, messages: list[dict[str, Any]],
+                    fns: list[dict[str, Any]] | None) -> list[int]:
+        """Template the conversation (tools per tools.py) and tokenize it; off the event loop."""
         try:
-            prompt = m.formatter(messages=messages).prompt
+            if m.info.get("template_tools"):
+                prompt = m.formatter(messages=tools.template_messages(messages),
+                                     tools=[{"type": "function", "function": f} for f in fns or []] or None).prompt
+            else:
+                prompt = m.formatter(messages=tools.hermes_messages(messages, fns)).prompt
         except Exception as exc:  # noqa: BLE001 - a template refusing the conversation (role order)
             raise ApiError(400, f"messages: the model's chat template refused them: {exc}",
                            param="messages", code="invalid_value") from None
         return m.llm.tokenize(prompt.encode(), add_bos=False, special=True)
 
-    # Templating and tokenizing a long prompt takes a while: off the loop, but not in the model's
-    # worker thread, where it would wait behind the running generation (the vocab is read-only).
+    async def off_loop(self, fn: Any, *args: Any) -> Any:
+        # Templating and tokenizing a long prompt takes a while: off the loop, but not in the
+        # model's worker thread, where it would wait behind the running generation.
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
     async def chat(self, request: web.Request, body: ChatRequest, model: str) -> web.StreamResponse:
-        m = self._model(model)
-        tokens = await asyncio.get_running_loop().run_in_executor(None, self._chat_tokens, m, body)
-        return await self._generate(request, m, body, tokens, "chat.completions")
+        return await openai_chat(self, request, body, self._model(model))
 
     async def completions(self, request: web.Request, body: CompletionRequest, model: str) -> web.StreamResponse:
-        m = self._model(model)
-        prompt = body.prompt_text()
-        tokens = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: m.llm.tokenize(prompt.encode(), add_bos=True, special=False))
-        return await self._generate(request, m, body, tokens, "completions", echo=prompt if body.echo else "")
+        return await openai_completions(self, request, body, self._model(model))
 
-    async def _generate(self, request: web.Request, m: LocalModel, body: ChatRequest | CompletionRequest,
-                        tokens: list[int], op: str, echo: str = "") -> web.StreamResponse:
-        params = self._params(m, body, len(tokens))
+    async def run(self, request: web.Request, m: LocalModel, tokens: list[int], params: GenParams, op: str,
+                  sink: Sink | None) -> Result | None:
+        """Generate in the model's thread. Without a sink: the Result. With one: pieces go to
+        the sink as they come (sink.open before the first, sink.close with the Result); None
+        when the client left mid-stream. An error before the first token raises, so it is
+        answered in the route's error shape and not inside a started stream."""
         loop = asyncio.get_running_loop()
         timer = GenerationTimer(self.metrics, m.name, op)
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -250,9 +256,13 @@ class LlamaCppEngine(Engine):
 
         def work() -> Result:
             try:
-                result = run_tokens(m.llm, m.info["is_eog"], tokens, params, cancel,
-                                    pieces.emit if body.stream else None,
-                                    lambda: loop.call_soon_threadsafe(timer.token))
+                try:
+                    sampler = SamplerChain(m.llm._model.vocab, m.info["n_vocab"], params.sampling)
+                    seq = Sequence(tokens, params, sampler, m.info["piece"], m.info["is_eog"])
+                    result = run_single(m.llm, seq, cancel, (lambda t, lp: pieces.emit((t, lp))) if sink else None,
+                                        lambda: loop.call_soon_threadsafe(timer.token))
+                except GrammarError as exc:
+                    raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
                 self.metrics.generated.labels(m.name).inc(result.completion_tokens)  # thread-safe
                 return result
             finally:
@@ -262,13 +272,39 @@ class LlamaCppEngine(Engine):
         fut = None
         try:
             fut = loop.run_in_executor(m.executor, work)
-            if not body.stream:
+            if sink is None:
                 # shield: a client that leaves cancels this handler, not the thread's future,
                 # so the slot below is released only when the thread has stopped.
                 result = await asyncio.shield(fut)
                 timer.done(result.usage)
-                return web.json_response(self._document(m.name, op, result, echo))
-            return await self._stream(request, m.name, op, body, queue, fut, timer, echo)
+                return result
+            item = await queue.get()  # prompt processing happens here
+            if item is _END:
+                await fut  # a failure before the first token is an error answer, not a stream
+            try:
+                await sink.open(request)
+                while item is not _END:
+                    batch = [item]
+                    item = queue.get_nowait() if not queue.empty() else None
+                    while item is not None and item is not _END:  # behind? send what queued in one write
+                        batch.append(item)
+                        item = queue.get_nowait() if not queue.empty() else None
+                    await sink.pieces(batch)
+                    if item is None:
+                        item = await queue.get()
+                try:
+                    result = await fut
+                except ApiError as exc:  # after the headers: the error goes into the stream
+                    await sink.fail(exc)
+                    timer.done(None, "error")
+                    return None
+                await sink.close(result)
+            except (ConnectionResetError, OSError):  # the client left: the finally cancels
+                self.metrics.cancelled.labels(m.name).inc()
+                timer.done(None, "cancelled")
+                return None
+            timer.done(result.usage)
+            return result
         except asyncio.CancelledError:  # the client went away (the runtime cancels the handler)
             self.metrics.cancelled.labels(m.name).inc()
             timer.done(None, "cancelled")
@@ -277,75 +313,14 @@ class LlamaCppEngine(Engine):
             cancel.set()  # no-op when the thread finished; else it stops at the next token
             m.slot.release(started, after=fut)
 
-    async def _stream(self, request: web.Request, name: str, op: str, body: ChatRequest | CompletionRequest,
-                      queue: asyncio.Queue[Any], fut: asyncio.Future[Result], timer: GenerationTimer,
-                      echo: str) -> web.StreamResponse:
-        cid, created = f"{'chatcmpl' if op == 'chat.completions' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
-        chat = op == "chat.completions"
-
-        def chunk(text: str | None, finish: str | None = None, role: bool = False) -> bytes:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant"} if role else {}
-                if text is not None:
-                    delta["content"] = text
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return sse_bytes({"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
-                              "created": created, "model": name, "choices": [choice]})
-
-        item = await queue.get()  # prompt processing happens here
-        if item is _END:
-            await fut  # a failure before the first token is still an error envelope, not a stream
-        try:
-            resp = await start_sse(request)
-            await resp.write(chunk("", role=True) if chat else chunk(echo) if echo else b"")
-            while item is not _END:
-                pending = [chunk(item)]
-                item = queue.get_nowait() if not queue.empty() else None
-                while item is not None and item is not _END:  # behind? send what queued in one write
-                    pending.append(chunk(item))
-                    item = queue.get_nowait() if not queue.empty() else None
-                await resp.write(b"".join(pending))
-                if item is None:
-                    item = await queue.get()
-            result = await fut
-            await resp.write(chunk(None if chat else "", result.finish_reason))
-            if body.include_usage:
-                await resp.write(sse_bytes({"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
-                                            "created": created, "model": name, "choices": [],
-                                            "usage": result.usage}))
-            await resp.write(SSE_DONE)
-            await resp.write_eof()
-        except (ConnectionResetError, OSError):  # the client left: the caller's finally cancels
-            self.metrics.cancelled.labels(name).inc()
-            timer.done(None, "cancelled")
-            return resp
-        timer.done(result.usage)
-        return resp
-
-    def _document(self, name: str, op: str, result: Result, echo: str) -> dict[str, Any]:
-        created = int(time.time())
-        if op == "chat.completions":
-            return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created,
-                    "model": name, "choices": [{"index": 0, "finish_reason": result.finish_reason, "logprobs": None,
-                                                "message": {"role": "assistant", "content": result.text}}],
-                    "usage": result.usage}
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created, "model": name,
-                "choices": [{"index": 0, "text": echo + result.text, "finish_reason": result.finish_reason,
-                             "logprobs": None}], "usage": result.usage}
-
-    async def embeddings(self, request: web.Request, body: EmbeddingRequest, model: str) -> web.StreamResponse:
-        m = self._model(model)
-        inputs = body.inputs()
-        if body.dimensions is not None and body.dimensions != m.info["n_embd"]:
-            raise ApiError(400, f"dimensions: this model gives {m.info['n_embd']}", param="dimensions",
-                           code="invalid_value")
+    async def embed(self, request: web.Request, m: LocalModel, inputs: list[str], truncate: bool = False,
+                    normalize: bool = True) -> tuple[list[list[float]], int]:
+        """One vector per input and the prompt tokens counted (metrics included)."""
         loop = asyncio.get_running_loop()
 
         def work() -> tuple[list[list[float]], int]:
             try:
-                return self._embedder(m).embed(inputs, normalize=True, truncate=False, return_count=True)
+                return self._embedder(m).embed(inputs, normalize=normalize, truncate=truncate, return_count=True)
             except ValueError as exc:  # "Requested tokens (N) exceed batch size of M"
                 raise ApiError(400, f"input: too long for the model's context ({exc})", param="input",
                                code="context_length_exceeded") from None
@@ -357,12 +332,22 @@ class LlamaCppEngine(Engine):
             vectors, count = await asyncio.shield(fut)
         finally:
             m.slot.release(started, after=fut)
-        usage = {"prompt_tokens": count, "total_tokens": count}
         self.metrics.requests.labels(m.name, "embeddings", "ok").inc()
-        self.metrics.usage(m.name, usage)
+        self.metrics.usage(m.name, {"prompt_tokens": count, "total_tokens": count})
+        return vectors, count
+
+    async def embeddings(self, request: web.Request, body: EmbeddingRequest, model: str) -> web.StreamResponse:
+        refuse_unknown(body)
+        m = self._model(model)
+        inputs = body.inputs()
+        if body.dimensions is not None and body.dimensions != m.info["n_embd"]:
+            raise ApiError(400, f"dimensions: this model gives {m.info['n_embd']}", param="dimensions",
+                           code="invalid_value")
+        vectors, count = await self.embed(request, m, inputs)
 
         def encode(v: list[float]) -> Any:
             return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() if body.encoding_format == "base64" else v
 
-        return web.json_response({"object": "list", "model": m.name, "usage": usage, "data": [
-            {"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]})
+        return web.json_response({"object": "list", "model": m.name, "usage": {"prompt_tokens": count, "total_tokens": count},
+                                  "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                                           for i, v in enumerate(vectors)]})
