@@ -36,7 +36,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "nexusd", "tests", "bench")
+    session.run("ruff", "check", "nexusd", "tests", "bench", "fixtures")
 
 
 @nox.session

@@ -112,7 +112,7 @@ def main() -> int:
         results["cap_probe"] = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else probe.stderr[-2000:]
         log("1. runtime cap probe (2Gi)", results["cap_probe"])
 
-    from tests.services.images.tiny_pipeline import build_tiny_pipeline
+    from fixtures.tiny_pipeline import build_tiny_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="gpu-check-work-"))
     size = "sd15" if cuda else "tiny"

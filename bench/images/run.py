@@ -5,8 +5,8 @@ the stub backend's images per second.
     .venv/bin/python bench/images/run.py [--model DIR | --build tiny|sd15] [--steps 2] [--size 64x64]
                                          [--rounds 5] [--stub-requests 50] [--json out.json]
 
-Without --model a pipeline with random weights is built from configs (tests/services/images/
-tiny_pipeline.py): `tiny` (CPU-sized, the default) or `sd15` (Stable Diffusion 1.5's
+Without --model a pipeline with random weights is built from configs (fixtures/tiny_pipeline.py):
+`tiny` (CPU-sized, the default) or `sd15` (Stable Diffusion 1.5's
 architecture, for a GPU). Rounds alternate direct / service so that other load on the machine
 hits both alike; medians of seconds per image are reported with the ratio direct/service
 (throughput of the service relative to the direct call; goal >= 0.97). The direct side is
@@ -145,9 +145,10 @@ def bench_diffusers(args: argparse.Namespace, model: str, workdir: Path, inspect
 
 
 def bench_stub(args: argparse.Namespace, workdir: Path) -> dict:
+    from nexusd.services.images.service import encode
+
     from nexusd.services.images.backends import Job
     from nexusd.services.images.backends.stub import StubBackend
-    from nexusd.services.images.service import encode
     from nexusd.services.images.settings import ImagesSettings
 
     backend = StubBackend(ImagesSettings(), lambda text: None)
@@ -193,7 +194,7 @@ def main() -> int:
         if model is None:
             import torch
 
-            from tests.services.images.tiny_pipeline import build_tiny_pipeline
+            from fixtures.tiny_pipeline import build_tiny_pipeline
 
             dtype = torch.float16 if args.build == "sd15" and torch.cuda.is_available() else None
             started = time.perf_counter()

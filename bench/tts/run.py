@@ -14,7 +14,7 @@ encoding, no HTTP), alternating with the service so both see the same machine lo
   paragraph for the slower engines; best of --repeat runs on both sides, since on a shared
   machine interference only ever adds time;
 - ttfb: time to the first audio byte for a long text, streamed (stream_format=audio) vs whole.
-`pocket` runs the tiny random-weight model from tests/services/tts/tiny_pocket.py unless
+`pocket` runs the tiny random-weight model from fixtures/tiny_pocket.py unless
 --pocket-config names real weights: with the tiny model its figures measure plumbing, not Pocket.
 """
 
@@ -132,7 +132,7 @@ def bench_backend(name: str, formats: list[str], repeat: int, pocket_config: str
         if pocket_config:
             env["NEXUS_TTS_POCKET_CONFIG"] = pocket_config
         else:
-            from tests.services.tts.tiny_pocket import build
+            from fixtures.tiny_pocket import build
 
             config = build(Path(tempfile.mkdtemp(prefix="bench-pocket-")))
             env.update(NEXUS_TTS_POCKET_CONFIG=str(config), NEXUS_TTS_POCKET_VOICES=str(config.parent / "voices"),

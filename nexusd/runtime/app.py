@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # `Server: nexusd` on every response, not Python's and aiohttp's versions. aiohttp reads this
 # module global for each response that sets no Server header (its own 400s included); setting
 # the header per response instead would cost every request.
-web_response.SERVER_SOFTWARE = "nexusd"  # type: ignore[attr-defined]
+web_response.SERVER_SOFTWARE = "nexusd"
 
 
 def metadata_document(service: Service) -> MetadataDocument:

@@ -45,8 +45,10 @@ def loads(raw: bytes | str) -> Any:
         deep = True
     else:
         # A body with few brackets cannot nest deeply: counting them is C-fast, the walk is not.
-        brackets = raw.count(b"[" if isinstance(raw, bytes) else "[") \
-            + raw.count(b"{" if isinstance(raw, bytes) else "{")
+        if isinstance(raw, bytes):
+            brackets = raw.count(b"[") + raw.count(b"{")
+        else:
+            brackets = raw.count("[") + raw.count("{")
         deep = brackets > MAX_DEPTH and too_deep(data)
     if deep:
         raise ApiError(400, f"Request body is not valid JSON: nested deeper than {MAX_DEPTH} levels",

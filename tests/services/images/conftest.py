@@ -28,6 +28,6 @@ async def client(stub):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A tiny random-weight Stable Diffusion pipeline on disk, built once per session."""
-    from tests.services.images.tiny_pipeline import build_tiny_pipeline
+    from fixtures.tiny_pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"))

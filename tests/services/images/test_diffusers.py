@@ -1,5 +1,5 @@
 """The diffusers backend on a tiny random-weight Stable Diffusion pipeline built from configs
-(tests/services/images/tiny_pipeline.py): the real diffusers code path on CPU, through HTTP."""
+(fixtures/tiny_pipeline.py): the real diffusers code path on CPU, through HTTP."""
 
 from __future__ import annotations
 

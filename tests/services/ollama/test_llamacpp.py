@@ -50,6 +50,7 @@ def test_metadata_describes_the_gguf(svc):
     assert model["details"]["n_ctx"] == 512 and model["details"]["chat_template"] is True
     assert model["details"]["gpu_offload"] in (True, False)
     assert meta["concurrency"] == {"max_inflight": 1, "max_queue": 0}
+    assert model["concurrency"] == {"max_inflight": 1, "max_queue": 0}  # one generation per model
     assert meta["extra"]["engine"] == "llamacpp"
 
 

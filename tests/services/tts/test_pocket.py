@@ -1,5 +1,5 @@
 """The pocket backend on the real pocket-tts code path, with a tiny locally built model (random
-weights, see tiny_pocket.py): config from local paths, tokenizer, voice prompt -> state,
+weights, see fixtures/tiny_pocket.py): config from local paths, tokenizer, voice prompt -> state,
 streamed generation in the worker, and the cap on a sentence that never ends.
 Random weights say nothing intelligible; operators provide real weights (docs/tts.md)."""
 
@@ -24,7 +24,7 @@ CAP = 0.4  # seconds of audio per sentence
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from tests.services.tts.tiny_pocket import build
+    from fixtures.tiny_pocket import build
 
     return build(tmp_path_factory.mktemp("pocket"))
 
