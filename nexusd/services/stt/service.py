@@ -49,6 +49,7 @@ class STTService(Service):
         self.admission = Admission(self.settings.max_inflight, self.settings.max_queue, self.metrics.rejected.inc)
         self.model_ids = {self.backend.name, OPENAI_MODEL}
         self.loaded = False
+        self.running: set[Recognition] = set()  # for /metrics-free introspection in tests and logs
 
     # --- what the service offers -------------------------------------------------------
     def endpoints(self) -> list[Endpoint]:
@@ -112,11 +113,13 @@ class STTService(Service):
                     None, decode, upload.data, upload.filename, self.settings.max_seconds)
                 upload.close()  # the samples are all we need now
                 recognition = Recognition(self.backend, self.executor, samples, job)
+                self.running.add(recognition)
                 try:
                     if getattr(form, "stream", False):
                         return await self._streamed(request, recognition)
                     return await self._whole(recognition, form, task)
                 finally:
+                    self.running.discard(recognition)
                     self._account(recognition)
         finally:
             upload.close()

@@ -87,7 +87,7 @@ class PocketsphinxBackend(Backend):
 
     def _segment(self, start: float, end: float) -> Segment | None:
         words = []
-        for seg in self._decoder.seg():
+        for seg in self._decoder.seg() or ():  # None when nothing was recognized
             word = seg.word
             if word.startswith(("<", "[")):  # <s>, </s>, <sil>, [NOISE]: not words
                 continue
