@@ -132,9 +132,13 @@ async def test_a_client_that_leaves_stops_the_recognition(tmp_path, pocketsphinx
         with pytest.raises(asyncio.CancelledError):
             await client
 
+        async def asked_to_stop() -> bool:
+            return recognition.stop.is_set()
+        await async_wait_for(asked_to_stop, timeout=30, what="the service to notice the client left")
+
         async def stopped() -> bool:
-            return recognition.stop.is_set() and recognition.busy_seconds > 0  # the worker returned
-        await async_wait_for(stopped, timeout=60, what="the worker to stop")
+            return recognition.busy_seconds > 0  # set when the worker returns
+        await async_wait_for(stopped, timeout=120, what="the worker to stop")
         assert not recognition.completed
         assert recognition.progress.seconds < recognition.duration
         assert metric(pocketsphinx, "nexus_stt_cancelled_requests_total", backend="pocketsphinx") == 1

@@ -3,7 +3,7 @@ language model that its PyPI wheel ships, so real speech is recognized offline o
 
 English only and no translation. Audio is split into utterances where a voice activity
 detector (PocketSphinx's Endpointer, WebRTC's VAD) hears a pause; each utterance is one
-segment, decoded whole; a stop request takes effect at the next utterance (at most 30 s of audio).
+segment, decoded whole; a stop request takes effect at the next utterance (at most 10 s of audio).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from nexusd.services.stt.backends import Backend, Job, Progress, Segment, Word
 # adds noise of the same size (a few LSB of 16-bit audio) from a fixed seed per request.
 DITHER = 4 / 32768
 PAUSE_WINDOW = 0.6  # seconds of the VAD window: a pause this long ends an utterance
-MAX_UTTERANCE = 30.0  # seconds: longer speech is cut, so segments keep coming
+MAX_UTTERANCE = 10.0  # seconds: longer speech is cut, so segments keep coming and a stop lands soon
 FRAME_RATE = 100  # PocketSphinx's default frames per second (`frate`)
 
 
