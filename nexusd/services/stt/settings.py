@@ -23,7 +23,7 @@ class STTSettings(ServiceSettings):
         "pocketsphinx", description="Recognizer: pocketsphinx (extra stt, US English model in the wheel), "
                                     "whisper (extra whisper: faster-whisper, CUDA when present)")
     model: str = Field("", description="whisper: a local CTranslate2 Whisper model directory (with tokenizer.json); "
-                                       "pocketsphinx: an acoustic model directory, empty = the wheel's en-us")
+                                       "pocketsphinx: leave empty (it uses the model its wheel ships)")
     max_upload: int = Field(25 * MIB, gt=0, le=2048 * MIB,
                             description="Largest audio file accepted, bytes (OpenAI's 25 MiB); above it 413")
     max_seconds: float = Field(3600, gt=0, description="Longest audio accepted, seconds; above it 400")
