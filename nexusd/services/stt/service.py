@@ -15,7 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from nexusd.runtime import ApiError, Capabilities, Concurrency, Endpoint, ModelInfo, Resources, Service
+from nexusd.runtime import (
+    ApiError,
+    Capabilities,
+    Concurrency,
+    Endpoint,
+    ModelInfo,
+    Resources,
+    Service,
+)
 from nexusd.services.stt.admission import Admission
 from nexusd.services.stt.audio import decode
 from nexusd.services.stt.backends import Backend, Job, Segment, load_backend_class
