@@ -81,50 +81,58 @@ def boundary_of(content_type: str) -> bytes:
 def scan_fields(body: IO[bytes], boundary: bytes, wanted: frozenset[str]) -> dict[str, str]:
     """The values of the `wanted` text fields, wherever they sit in the form. Reads the spool
     in 1 MiB pieces and looks only for delimiters (`CRLF--boundary`), which the content of a
-    part cannot hold (RFC 2046 5.1.1), so a file cannot pose as a field."""
+    part cannot hold (RFC 2046 5.1.1), so a file cannot pose as a field. The bytes of other
+    parts are dropped as soon as they are searched."""
     delimiter = b"\r\n--" + boundary
-    found: dict[str, str] = {}
+    tail = len(delimiter) - 1  # what a delimiter split across two reads can leave behind
     body.seek(0)
-    # A leading CRLF makes the first delimiter look like the others.
-    buffer = b"\r\n" + body.read(SCAN_CHUNK)
-    at = buffer.find(delimiter)
-    while at >= 0:
-        start = at + len(delimiter)
-        while len(buffer) < start + 2 + 16 * 1024:  # enough for the part's headers
-            more = body.read(SCAN_CHUNK)
-            if not more:
-                break
-            buffer += more
-        if buffer[start:start + 2] == b"--":  # the closing delimiter
-            break
-        head_end = buffer.find(b"\r\n\r\n", start)
-        if head_end < 0:
-            break
-        name = _part_name(buffer[start:head_end])
-        content = head_end + 4
-        # Find the next delimiter, reading on; keep only what a match could straddle.
-        nxt = buffer.find(delimiter, content)
-        while nxt < 0:
-            if name in wanted and len(buffer) - content > FIELD_LIMIT:
-                raise ApiError(400, f"{name}: longer than {FIELD_LIMIT} bytes", param=name, code="invalid_value")
-            more = body.read(SCAN_CHUNK)
-            if not more:
-                raise ApiError(400, "Malformed multipart body: no closing boundary", code="invalid_multipart")
-            if name not in wanted:  # a file part: drop what was read, keep the tail
-                keep = len(delimiter)
-                buffer, content = buffer[-keep:], 0
-            buffer += more
-            nxt = buffer.find(delimiter, content)
+    buf = b"\r\n"  # a leading CRLF makes the first delimiter look like the others
+    found: dict[str, str] = {}
+
+    def read() -> bool:
+        nonlocal buf
+        chunk = body.read(SCAN_CHUNK)
+        buf += chunk
+        return bool(chunk)
+
+    while (at := buf.find(delimiter)) < 0:  # skip the preamble
+        buf = buf[-tail:]
+        if not read():
+            raise _malformed("no boundary")
+    buf = buf[at:]
+    while True:  # buf starts with a delimiter
+        start = len(delimiter)
+        while len(buf) < start + 2 and read():
+            pass
+        if buf[start:start + 2] == b"--":  # the closing delimiter
+            return found
+        while (head_end := buf.find(b"\r\n\r\n", start)) < 0:
+            if len(buf) > start + 16 * 1024 or not read():
+                raise _malformed("part headers do not end")
+        name = _part_name(buf[start:head_end])
+        content = pos = head_end + 4
+        while (nxt := buf.find(delimiter, pos)) < 0:
+            if name in wanted:
+                if len(buf) - content > FIELD_LIMIT:
+                    raise ApiError(400, f"{name}: longer than {FIELD_LIMIT} bytes", param=name,
+                                   code="invalid_value")
+                pos = max(content, len(buf) - tail)
+            else:  # a file: keep only what could begin a delimiter
+                buf = buf[-tail:] if len(buf) > tail else buf
+                content = pos = 0
+            if not read():
+                raise _malformed("no closing boundary")
         if name in wanted:
             if name in found:
                 raise ApiError(400, f"{name}: given more than once", param=name, code="invalid_value")
-            value = buffer[content:nxt]
-            if len(value) > FIELD_LIMIT:
+            if nxt - content > FIELD_LIMIT:
                 raise ApiError(400, f"{name}: longer than {FIELD_LIMIT} bytes", param=name, code="invalid_value")
-            found[name] = value.decode("utf-8", "replace")
-        buffer = buffer[nxt:]
-        at = 0
-    return found
+            found[name] = buf[content:nxt].decode("utf-8", "replace")
+        buf = buf[nxt:]
+
+
+def _malformed(why: str) -> ApiError:
+    return ApiError(400, f"Malformed multipart body: {why}", code="invalid_multipart")
 
 
 def _part_name(headers: bytes) -> str:
