@@ -87,6 +87,3 @@ def render(fmt: str, segments: list[Segment], **verbose_args: Any) -> str:
         return json.dumps(verbose(segments, **verbose_args), ensure_ascii=False)
     return json.dumps({"text": full_text(segments), "usage": usage(verbose_args["duration"])}, ensure_ascii=False)
 
-
-def sse(event: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

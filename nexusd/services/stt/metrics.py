@@ -1,4 +1,5 @@
-"""STT metrics: audio seconds in, real-time factor, cancelled and refused requests."""
+"""STT metrics: audio seconds in, real-time factor, cancelled requests (429s are the runtime's
+`nexus_queue_rejected_total{queue="stt"}`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,3 @@ class STTMetrics:
         self.cancelled = Counter("nexus_stt_cancelled_requests",
                                  "Requests stopped early because the client went away",
                                  ["backend"], registry=registry).labels(backend)
-        self.rejected = Counter("nexus_stt_rejected_requests",
-                                "Requests refused with 429 because max_inflight + max_queue were taken",
-                                ["backend"], registry=registry).labels(backend)

@@ -34,6 +34,7 @@ class Recognition:
         self.progress = Progress()
         self.busy_seconds = 0.0
         self.completed = False
+        self.work: asyncio.Future[None] | None = None  # the worker thread's job, once started
 
     @property
     def duration(self) -> float:
@@ -44,7 +45,7 @@ class Recognition:
         worker."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        work = loop.run_in_executor(self.executor, self._work, loop, queue)
+        work = self.work = loop.run_in_executor(self.executor, self._work, loop, queue)
         try:
             while (item := await queue.get()) is not _DONE:
                 yield item  # type: ignore[misc]
