@@ -16,7 +16,7 @@ nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = os.environ.get("NEXUS_TORCH_SPEC", "torch==2.13.0")
-EXTRAS = "test,images,tts,piper,llm"
+EXTRAS = "test,images,tts,piper,llm,stt,whisper"
 
 
 def install_project(session: nox.Session) -> None:

@@ -1,5 +1,5 @@
-"""`nexusd demo`: chat, an image and speech through the gateway with the official `openai`
-client; the image and the audio are written to files and their paths printed."""
+"""`nexusd demo`: chat, an image, speech and its transcription through the gateway with the
+official `openai` client; the image and the audio are written to files and their paths printed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="call chat, images and speech through the gateway")
+    p = sub.add_parser("demo", help="call chat, images, speech and transcription through the gateway")
     p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8800/v1"))
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", ""))
     p.add_argument("--out", type=Path, default=Path("."), help="folder for nexus-demo.png / .mp3")
@@ -58,6 +58,14 @@ def run_demo(args: argparse.Namespace) -> int:
     except OpenAIError as exc:
         failures += 1
         print(f"speech failed: {exc}", file=sys.stderr)
+        return 1
+    try:  # and back: the speech just synthesised, transcribed
+        with open(path, "rb") as audio:
+            heard = client.audio.transcriptions.create(model="whisper-1", file=audio)
+        print(f"transcription: {heard.text!r}")
+    except OpenAIError as exc:
+        failures += 1
+        print(f"transcription failed: {exc}", file=sys.stderr)
     return 1 if failures else 0
 
 

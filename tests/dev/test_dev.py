@@ -85,7 +85,7 @@ def stack():
 
 def test_every_service_ready_and_key_printed(stack):
     pids = stack.pids()
-    for name in ("ollama", "images", "tts", "gateway"):
+    for name in ("ollama", "images", "tts", "stt", "gateway"):
         assert name in pids, stack.output()[-3000:]
     assert stack.exported("OPENAI_BASE_URL").endswith("/v1")
     assert stack.exported("OPENAI_API_KEY").startswith("nx-")
@@ -160,6 +160,7 @@ def test_demo_writes_the_image_and_the_audio(stack, tmp_path):
     png, mp3 = tmp_path.resolve() / "nexus-demo.png", tmp_path.resolve() / "nexus-demo.mp3"
     assert re.search(r"^chat \(.+\): ['\"].+['\"]$", out.stdout, re.M), out.stdout
     assert f"image: {png}" in out.stdout and f"speech: {mp3}" in out.stdout  # printed where
+    assert re.search(r"^transcription: ['\"].*['\"]$", out.stdout, re.M), out.stdout  # the speech, heard back
     assert png.read_bytes().startswith(b"\x89PNG")
     import av
 

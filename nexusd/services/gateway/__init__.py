@@ -27,6 +27,7 @@ from nexusd.services.gateway.instances import Instance, InstanceSet
 from nexusd.services.gateway.keys import KeyFileError, KeyStore
 from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
+from nexusd.services.gateway.multipart import MultipartRelay
 from nexusd.services.gateway.proxy import Proxy
 from nexusd.services.gateway.ratelimit import RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
@@ -64,6 +65,7 @@ class GatewayService(Service):
                                  queue_timeout=settings.queue_timeout, on_eject=self._ejected)
         self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
         self.proxy.table.explain = self._explain
+        self.uploads = MultipartRelay(self.proxy, settings.max_upload)
         self.aggregation = Aggregation(self)
         self.etcd: EtcdDiscovery | None = None
         if shared.etcd_endpoint_list:
@@ -113,6 +115,11 @@ class GatewayService(Service):
             Endpoint("POST", "/v1/images/generations", relay, "images.generate"),
             Endpoint("POST", "/v1/audio/speech", relay, "audio.speech", streaming=True),
             Endpoint("GET", "/v1/audio/voices", relay, "audio.voices"),
+            # multipart uploads: their own relay and body bound (multipart.py)
+            Endpoint("POST", "/v1/audio/transcriptions", self.uploads.handle, "audio.transcriptions",
+                     streaming=True, max_body=self.settings.max_upload),
+            Endpoint("POST", "/v1/audio/translations", self.uploads.handle, "audio.translations",
+                     max_body=self.settings.max_upload),
             Endpoint("GET", "/v1/models", self.aggregation.list_models, "models.list"),
             Endpoint("GET", "/v1/models/{model:[\\s\\S]+}", self.aggregation.get_model, "models.retrieve"),
             Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -129,8 +130,11 @@ class Proxy:
                            code="streaming_unsupported")
         return await self.forward(request, route, instances, body, model_id, key)
 
-    async def forward(self, request: web.Request, route: Route, instances: list[Instance], body: bytes,
-                      model_id: str, key: ApiKey, path: str | None = None) -> web.StreamResponse:
+    async def forward(self, request: web.Request, route: Route, instances: list[Instance],
+                      body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
+                      path: str | None = None) -> web.StreamResponse:
+        """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
+        spooled upload, multipart.py)."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -156,7 +160,8 @@ class Proxy:
             try:
                 try:
                     resp = await self.session.request(
-                        request.method, inst.base_url + url_path, data=body or None, headers=headers,
+                        request.method, inst.base_url + url_path, headers=headers,
+                        data=body() if callable(body) else (body or None),
                         timeout=self.timeout(op), allow_redirects=False)
                 except aiohttp.ClientConnectorError:
                     # Nothing reached the upstream: safe to try another instance, once.

@@ -22,6 +22,8 @@ KNOWN_ROUTES: dict[tuple[str, str], tuple[str, bool]] = {
     ("POST", "/v1/images/generations"): ("images.generate", False),
     ("POST", "/v1/audio/speech"): ("audio.speech", True),
     ("GET", "/v1/audio/voices"): ("audio.voices", False),
+    ("POST", "/v1/audio/transcriptions"): ("audio.transcriptions", True),
+    ("POST", "/v1/audio/translations"): ("audio.translations", False),
 }
 NO_INSTANCE_RETRY_AFTER = "2"
 

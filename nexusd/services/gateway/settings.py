@@ -38,6 +38,8 @@ class GatewaySettings(ServiceSettings):
     obs_port: int = Field(8801, ge=0, le=65535,
                           description="Observability port: /health /readyz /metrics /v1/metadata")
     max_body: int = Field(4 << 20, gt=0, description="Request body limit in bytes")
+    max_upload: int = Field((25 << 20) + (64 << 10), gt=0,
+                            description="Body limit of the audio upload routes (multipart): OpenAI's 25 MiB plus the form")
     keys_file: Path = Field(Path("/etc/nexus/api-keys"), description="API keys file (hashes only); reloaded on SIGHUP")
     static_backends: dict[str, str] | None = Field(
         None, description='Static backends, JSON {"name": "base URL"}; default: every <NAME>_BASE_URL variable')
