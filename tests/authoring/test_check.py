@@ -1,0 +1,80 @@
+"""`nexusd check` fails, naming each problem, on a service that breaks the contract, and checks a
+running service by URL. (That it passes on correct services: test_new.py and tests/test_contract.py.)"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from nexusd.authoring.check import FAIL, run_contract
+from tests.helpers.proc import run_service
+
+# The generated module, broken twice as a new author might: no readiness check bound, and a
+# handler that parses its own body and answers errors in plain text.
+BREAKAGE = {
+    '        return {"loaded": self.is_loaded}\n': "        return {}\n",
+    "        body = await parse_json(request, EchoRequest)  # 415 / 400 / 413 as error envelopes\n": (
+        "        import json\n"
+        "        try:\n"
+        "            body = EchoRequest(**json.loads(await request.text()))\n"
+        "        except Exception as exc:\n"
+        "            return web.Response(status=400, text=f'bad request: {exc}')\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def broken(venv, tmp_path_factory):
+    where = tmp_path_factory.mktemp("broken")
+    assert venv.nexusd("new", "broken-svc", "--dir", str(where)).returncode == 0
+    module = where / "broken-svc" / "broken_svc" / "__init__.py"
+    text = module.read_text()
+    for old, new in BREAKAGE.items():
+        assert old in text
+        text = text.replace(old, new)
+    module.write_text(text)
+    venv.install(where / "broken-svc")
+    return venv.nexusd("check", "broken-svc", timeout=600)
+
+
+def row(table: str, name: str) -> tuple[str, str]:
+    match = re.search(rf"^  (PASS|FAIL|SKIP)\s+{re.escape(name)}\s+(.*)$", table, re.M)
+    assert match, f"no row {name!r} in:\n{table}"
+    return match.group(1), match.group(2)
+
+
+def test_fails_with_a_non_zero_exit(broken):
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert re.search(r"^\d+ passed, [1-9]\d* failed", broken.stdout, re.M)
+
+
+def test_names_the_missing_readiness_check(broken):
+    status, detail = row(broken.stdout, "readyz")
+    assert status == "FAIL" and "no readiness check bound" in detail
+
+
+def test_names_each_plain_text_error(broken):
+    for check in ("bad JSON", "wrong type"):
+        status, detail = row(broken.stdout, f"POST /v1/broken-svc/echo: {check}")
+        assert status == "FAIL" and "not a JSON error" in detail and "text/plain" in detail, detail
+    # What the runtime still does for it (method, body limit) passes: only the handler's own errors fail.
+    assert row(broken.stdout, "POST /v1/broken-svc/echo: wrong method")[0] == "PASS"
+    assert row(broken.stdout, "POST /v1/broken-svc/echo: too large")[0] == "PASS"
+
+
+def test_unknown_service_fails():
+    report = run_contract("no-such-service-anywhere")
+    assert not report.ok and report.results[0].status == FAIL
+    assert "unknown service" in report.table()
+
+
+def test_checks_a_running_service_by_url(venv, tmp_path):
+    with run_service("template", tmp_path) as template:
+        proc = venv.nexusd("check", "template", "--url", template.url)
+        assert template.proc.poll() is None  # --url: never stopped by the check
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert row(proc.stdout, "metadata")[0] == "PASS"
+    for name in ("READY=1", "SIGTERM drain"):
+        status, detail = row(proc.stdout, name)
+        assert status == "SKIP" and "--url" in detail
