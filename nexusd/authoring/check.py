@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,8 @@ def check_metadata(t: Target) -> str:
     t.metadata = doc
     service = doc["service"]
     expect(service["name"] == t.name, f"service.name is {service['name']!r}, not {t.name!r}")
+    unnamed = [f"{e['method']} {e['path']}" for e in doc["endpoints"] if not e["operation_id"]]
+    expect(not unnamed, f"endpoints without an operation_id: {unnamed}")
     if t.cls is not None:
         version, source = expected_version(t.cls)
         expect(service["version"] == version,
@@ -264,30 +267,40 @@ def concrete(path: str) -> str:
 def endpoint_checks(t: Target) -> Iterator[tuple[str, Callable[[], str]]]:
     endpoints = (t.metadata or {}).get("endpoints")
     if endpoints is None:
-        yield "endpoints", lambda: (_ for _ in ()).throw(Failed("no /v1/metadata: endpoints unknown"))
+        yield "endpoints", _fail("no /v1/metadata: endpoints unknown")
         return
     methods: dict[str, set[str]] = {}
     for ep in endpoints:
         methods.setdefault(concrete(ep["path"]), set()).add(ep["method"])
     for ep in endpoints:
-        method, path = ep["method"], concrete(ep["path"])
-        label = f"{method} {ep['path']}"
-        if ep.get("max_body") is None:
-            yield label, _skip("pass-through: keeps its upstream's error shape and limits")
-            continue
-        shape = error_shape(path)
-        other = next(m for m in ("PUT", "PATCH", "DELETE", "POST") if m not in methods[path])
-        yield f"{label}: wrong method", lambda m=other, p=path, s=shape, ep=ep: _wrong_method(t, m, p, s, ep)
-        if method not in ("POST", "PUT", "PATCH"):
-            continue
-        json_ct = {"Content-Type": "application/json"}
-        yield f"{label}: bad JSON", lambda p=path, s=shape: _status(
-            t.send(method, p, b'{"model": ', json_ct), 400, s)
-        yield f"{label}: wrong type", lambda p=path, s=shape: _status(
-            t.send(method, p, b'["not", "an", "object"]', json_ct), 400, s)
-        yield f"{label}: not JSON", lambda p=path, s=shape: _status(
-            t.send(method, p, b"model=x", {"Content-Type": "text/plain"}), 415, s)
-        yield f"{label}: too large", lambda p=path, s=shape, n=ep["max_body"]: _too_large(t, method, p, s, n)
+        yield from _checks_for(t, ep, methods[concrete(ep["path"])])
+
+
+def _checks_for(t: Target, ep: dict[str, Any], declared: set[str]) -> Iterator[tuple[str, Callable[[], str]]]:
+    method, path, label = ep["method"], concrete(ep["path"]), f"{ep['method']} {ep['path']}"
+    if ep.get("max_body") is None:
+        yield label, _skip("pass-through: keeps its upstream's error shape and limits")
+        return
+    shape = error_shape(path)
+    other = next(m for m in ("PUT", "PATCH", "DELETE", "POST") if m not in declared)
+    yield f"{label}: wrong method", partial(_wrong_method, t, other, path, shape, ep)
+    if method not in ("POST", "PUT", "PATCH"):
+        return
+    yield f"{label}: bad JSON", partial(_bad_body, t, method, path, b'{"model": ', "application/json", 400, shape)
+    yield f"{label}: wrong type", partial(_bad_body, t, method, path, b'["not", "an", "object"]',
+                                          "application/json", 400, shape)
+    yield f"{label}: not JSON", partial(_bad_body, t, method, path, b"model=x", "text/plain", 415, shape)
+    yield f"{label}: too large", partial(_too_large, t, method, path, shape, ep["max_body"])
+
+
+def _bad_body(t: Target, method: str, path: str, body: bytes, ctype: str, status: int, shape: str) -> str:
+    return _status(t.send(method, path, body, {"Content-Type": ctype}), status, shape)
+
+
+def _fail(why: str) -> Callable[[], str]:
+    def fail() -> str:
+        raise Failed(why)
+    return fail
 
 
 def _skip(why: str) -> Callable[[], str]:
@@ -298,6 +311,8 @@ def _skip(why: str) -> Callable[[], str]:
 
 def _status(answer: Answer, status: int, shape: str) -> str:
     err = expect_error(answer, status, shape)
+    if shape == "openai":  # a client error in OpenAI's terms (openai-python's BadRequestError & co.)
+        expect(err["type"] == "invalid_request_error", f"type {err['type']!r}, expected invalid_request_error")
     return f"{status} {shape} envelope: {str(err.get('message'))[:60]}"
 
 

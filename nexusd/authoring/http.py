@@ -62,15 +62,23 @@ class _Recorded:
         return io.BytesIO(self.data)
 
 
-def parse_response(raw: bytes) -> Answer:
-    """A complete HTTP/1.1 response, or ValueError naming what is missing."""
+def parse_response(raw: bytes, complete: bool = True) -> Answer | None:
+    """The HTTP/1.1 response in raw. complete=True: the connection has closed, so this is all
+    (ValueError if it is not a whole response). complete=False: None until a whole response with
+    a known length (Content-Length or chunked) is there."""
     if not raw:
-        raise ValueError("connection closed with no response")
+        if complete:
+            raise ValueError("connection closed with no response")
+        return None
     resp = http.client.HTTPResponse(_Recorded(raw))  # type: ignore[arg-type]
     try:
         resp.begin()
+        if not complete and resp.length is None and not resp.chunked:
+            return None  # delimited by the close: wait for it
         body = resp.read()
     except (http.client.HTTPException, OSError) as exc:
+        if not complete:
+            return None
         raise ValueError(f"incomplete response ({type(exc).__name__}: {raw[:120]!r})") from None
     return Answer(resp.status, resp.msg, body)
 
@@ -103,12 +111,18 @@ class RawExchange:
             return  # it answered and closed: read the answer
 
     def response(self) -> Answer:
-        chunks = []
+        """The answer, once whole: a server that refused the body early may keep the connection
+        open waiting for the rest, so do not wait for the close when the length is known."""
+        raw = b""
         try:
             while chunk := self.sock.recv(65536):
-                chunks.append(chunk)
+                raw += chunk
+                if (answer := parse_response(raw, complete=False)) is not None:
+                    return answer
         except ConnectionResetError:
             pass
         finally:
             self.sock.close()
-        return parse_response(b"".join(chunks))
+        answer = parse_response(raw)
+        assert answer is not None
+        return answer
