@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from nexusd.authoring.check import FAIL, run_contract
-from tests.helpers.proc import run_service
+from nexusd.authoring.check import FAIL, SCHEMA_PATH, run_contract
+from nexusd.runtime.metadata import json_schema
+from tests.helpers.proc import REPO, run_service
 
 # The generated module, broken twice as a new author might: no readiness check bound, and a
 # handler that parses its own body and answers errors in plain text.
@@ -78,3 +79,10 @@ def test_checks_a_running_service_by_url(venv, tmp_path):
     for name in ("READY=1", "SIGTERM drain"):
         status, detail = row(proc.stdout, name)
         assert status == "SKIP" and "--url" in detail
+
+
+def test_packaged_schema_is_the_docs_schema():
+    # `nexusd check` validates against the copy inside the package (an installed nexusd has no docs/).
+    assert SCHEMA_PATH.read_text() == (REPO / "docs" / "metadata.schema.json").read_text() == json_schema(), (
+        "regenerate both: python -c 'from nexusd.runtime.metadata import json_schema; print(json_schema(), end=\"\")'"
+        " | tee docs/metadata.schema.json > nexusd/authoring/metadata.schema.json")
