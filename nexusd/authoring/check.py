@@ -18,6 +18,7 @@ from nexusd.authoring.contract import (
     SCHEMA_PATH,
     Target,
     check_still_serving,
+    declared_error_formats,
     endpoint_checks,
 )
 from nexusd.authoring.launch import Launched, launch
@@ -45,10 +46,12 @@ def run_contract(service: str, *, url: str | None = None, obs_url: str | None = 
     if url is None:
         assert cls is not None
         launched = launch(cls, env)
-        target = Target(service, launched.api, launched.obs, headers or {}, cls, launched)
+        target = Target(service, launched.api, launched.obs, headers or {}, cls, launched,
+                        formats=declared_error_formats(cls))
         where = f"started `nexusd run {service}` (api {launched.api}, observability {launched.obs})"
     else:
-        target = Target(service, url.rstrip("/"), (obs_url or url).rstrip("/"), headers or {}, cls)
+        target = Target(service, url.rstrip("/"), (obs_url or url).rstrip("/"), headers or {}, cls,
+                        formats=declared_error_formats(cls) if cls is not None else {})
         where = f"running at {target.api}"
     report = Report(service, where)
     try:

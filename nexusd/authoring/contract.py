@@ -8,7 +8,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ class Target:
     cls: type[Service] | None
     launched: Launched | None = None
     metadata: dict[str, Any] | None = None
+    formats: dict[tuple[str, str], str] = field(default_factory=dict)  # declared error formats
 
     def get(self, base: str, path: str, headers: dict[str, str] | None = None) -> Answer:
         return request(base, "GET", path, headers={**self.headers, **(headers or {})})
@@ -44,8 +45,24 @@ class Target:
 
 
 # --- error shapes -----------------------------------------------------------------------------
-def error_shape(path: str) -> str:
-    """The project's per-route error formats: Ollama's on /api/*, Anthropic's on /v1/messages."""
+def declared_error_formats(cls: type[Service]) -> dict[tuple[str, str], str]:
+    """(method, path) → the error format each endpoint declares (`Endpoint.errors`), read from an
+    instance built on default settings, as `nexusd units render` builds one."""
+    from nexusd.runtime.context import Runtime
+    from nexusd.runtime.settings import SharedSettings
+    from nexusd.runtime.systemd import Notifier
+    from nexusd.units.render import defaults
+
+    shared = defaults(SharedSettings)
+    service = cls(defaults(cls.Settings), shared, Runtime(cls.name, shared, notifier=Notifier("")))
+    return {(ep.method, ep.path): str(fmt) for ep in service.endpoints() if (fmt := getattr(ep, "errors", None))}
+
+
+def error_shape(path: str, declared: str | None = None) -> str:
+    """The route's error format: as declared by its endpoint when the class is here, else the
+    project's convention: Ollama's on /api/*, Anthropic's on /v1/messages, OpenAI's elsewhere."""
+    if declared:
+        return declared
     if path.startswith("/api/"):
         return "ollama"
     if path == "/v1/messages":
@@ -224,7 +241,7 @@ def _checks_for(t: Target, ep: dict[str, Any], declared: set[str]) -> Iterator[t
     if ep.get("max_body") is None:
         yield label, _skip("pass-through: keeps its upstream's error shape and limits")
         return
-    shape = error_shape(path)
+    shape = error_shape(path, t.formats.get((method, ep["path"])))
     other = next(m for m in ("PUT", "PATCH", "DELETE", "POST") if m not in declared)
     yield f"{label}: wrong method", partial(_wrong_method, t, other, path, shape, ep)
     if method not in ("POST", "PUT", "PATCH"):

@@ -4,9 +4,11 @@ and SIGTERM with a request in flight."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from nexusd.authoring.contract import Target, concrete
@@ -41,6 +43,14 @@ def check_unit(t: Target) -> str:
     return f"systemd-analyze verify: {', '.join(Path(u).name for u in units)}"
 
 
+def inflight(t: Target) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = t.get(t.obs, "/metrics").body.decode()
+    family = next((f for f in text_string_to_metric_families(text) if f.name == "nexus_http_inflight_requests"), None)
+    return family.samples[0].value if family and family.samples else 0.0
+
+
 def check_drain(t: Target) -> str:
     """SIGTERM with a request in flight: STOPPING=1, the request still gets its whole answer,
     exit 0. The request is held in flight by sending its body in two parts around the signal."""
@@ -52,10 +62,16 @@ def check_drain(t: Target) -> str:
     held = None
     if endpoint is not None:
         body = b'{"nexusd_check": "drain"}'
+        idle = inflight(t)  # /metrics may count itself
         held = RawExchange(t.api, "POST", concrete(endpoint["path"]),
                            {**t.headers, "Content-Type": "application/json"}, len(body))
         held.send([body[:10]])
-    launched.proc.send_signal(15)
+        # SIGTERM only once the handler runs: a connection still in the listen backlog is not in
+        # flight, and closing the listener would (rightly) reset it.
+        deadline = time.monotonic() + 10
+        while inflight(t) <= idle and not held.answered() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    launched.proc.send_signal(signal.SIGTERM)
     expect(launched.notify.wait_for("STOPPING=1", launched.drain_timeout + 10, launched.alive),
            "no STOPPING=1 on NOTIFY_SOCKET after SIGTERM")
     detail = "STOPPING=1"
