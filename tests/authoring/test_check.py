@@ -86,3 +86,13 @@ def test_packaged_schema_is_the_docs_schema():
     assert SCHEMA_PATH.read_text() == (REPO / "docs" / "metadata.schema.json").read_text() == json_schema(), (
         "regenerate both: python -c 'from nexusd.runtime.metadata import json_schema; print(json_schema(), end=\"\")'"
         " | tee docs/metadata.schema.json > nexusd/authoring/metadata.schema.json")
+
+
+def test_unit_check_is_skipped_with_a_note_without_systemd_analyze(venv, tmp_path):
+    # A PATH with python alone: no systemd-analyze, as on a machine without systemd.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(venv.python)
+    proc = venv.nexusd("check", "template", PATH=str(tmp_path / "bin"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status, detail = row(proc.stdout, "unit")
+    assert status == "SKIP" and "systemd-analyze is not installed" in detail
