@@ -96,3 +96,11 @@ def test_unit_check_is_skipped_with_a_note_without_systemd_analyze(venv, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status, detail = row(proc.stdout, "unit")
     assert status == "SKIP" and "systemd-analyze is not installed" in detail
+
+
+def test_a_service_that_cannot_start_fails_with_its_log(venv):
+    proc = venv.nexusd("check", "template", "--env", "NEXUS_TEMPLATE_WARMUP=-1")
+    assert proc.returncode == 1
+    status, detail = row(proc.stdout, "start")
+    assert status == "FAIL" and "exited with 78" in detail
+    assert "NEXUS_TEMPLATE_WARMUP" in proc.stdout  # the service's own one-line reason, from its log
