@@ -104,3 +104,25 @@ def test_a_service_that_cannot_start_fails_with_its_log(venv):
     status, detail = row(proc.stdout, "start")
     assert status == "FAIL" and "exited with 78" in detail
     assert "NEXUS_TEMPLATE_WARMUP" in proc.stdout  # the service's own one-line reason, from its log
+
+
+def test_each_route_is_checked_in_its_declared_error_format(venv, tmp_path):
+    # Routes in Anthropic's and Ollama's formats (Endpoint.errors) pass in their own shape, read
+    # from the declaration, not guessed from the path.
+    assert venv.nexusd("new", "formats-svc", "--dir", str(tmp_path)).returncode == 0
+    module = tmp_path / "formats-svc" / "formats_svc" / "__init__.py"
+    text = module.read_text()
+    old = '        return [Endpoint("POST", "/v1/formats-svc/echo", self.echo, "formats-svc.echo", max_body=64 * 1024)]\n'
+    assert old in text
+    module.write_text(text.replace(old, (
+        "        return [\n"
+        '            Endpoint("POST", "/v1/formats-svc/a", self.echo, "formats-svc.a", errors="anthropic"),\n'
+        '            Endpoint("POST", "/v1/formats-svc/o", self.echo, "formats-svc.o", errors="ollama"),\n'
+        "        ]\n")))
+    venv.install(tmp_path / "formats-svc")
+    proc = venv.nexusd("check", "formats-svc", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label, shape in (("POST /v1/formats-svc/a", "anthropic"), ("POST /v1/formats-svc/o", "ollama")):
+        for check in ("wrong method", "bad JSON", "wrong type", "not JSON", "too large"):
+            status, detail = row(proc.stdout, f"{label}: {check}")
+            assert status == "PASS" and f"{shape} envelope" in detail, detail
