@@ -126,3 +126,23 @@ def test_each_route_is_checked_in_its_declared_error_format(venv, tmp_path):
         for check in ("wrong method", "bad JSON", "wrong type", "not JSON", "too large"):
             status, detail = row(proc.stdout, f"{label}: {check}")
             assert status == "PASS" and f"{shape} envelope" in detail, detail
+
+
+@pytest.mark.parametrize("jsonschema_installed", [True, False])
+def test_metadata_validation_with_and_without_jsonschema(jsonschema_installed, monkeypatch, capsys):
+    import json
+    import sys
+
+    from nexusd.authoring.contract import validate_metadata
+    from nexusd.authoring.report import Failed
+    from nexusd.cli import main
+
+    if not jsonschema_installed:  # as after `pip install nexusd` without the `check` extra
+        monkeypatch.setitem(sys.modules, "jsonschema", None)
+    assert main(["metadata", "template"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    how = validate_metadata(doc)
+    assert ("metadata.schema.json" if jsonschema_installed else "nexusd's metadata models") in how
+    doc["service"]["surprise"] = 1
+    with pytest.raises(Failed, match="surprise"):
+        validate_metadata(doc)
