@@ -42,18 +42,18 @@ def run_contract(service: str, *, url: str | None = None, obs_url: str | None = 
     if url is None and cls is None:
         return Report(service, "not found", [Result("load", FAIL, f"unknown service {service!r}: "
                                                     "not built in and no `nexusd.services` entry point")])
+    formats, note = _error_formats(cls)
     launched = None
     if url is None:
         assert cls is not None
         launched = launch(cls, env)
-        target = Target(service, launched.api, launched.obs, headers or {}, cls, launched,
-                        formats=declared_error_formats(cls))
+        target = Target(service, launched.api, launched.obs, headers or {}, cls, launched, formats=formats)
         where = f"started `nexusd run {service}` (api {launched.api}, observability {launched.obs})"
     else:
         target = Target(service, url.rstrip("/"), (obs_url or url).rstrip("/"), headers or {}, cls,
-                        formats=declared_error_formats(cls) if cls is not None else {})
+                        formats=formats)
         where = f"running at {target.api}"
-    report = Report(service, where)
+    report = Report(service, where + note)
     try:
         if launched is not None and not _started(launched, report):
             return report
@@ -68,6 +68,16 @@ def run_contract(service: str, *, url: str | None = None, obs_url: str | None = 
         if launched is not None:
             launched.close()
     return report
+
+
+def _error_formats(cls: type[Service] | None) -> tuple[dict[tuple[str, str], str], str]:
+    """The endpoints' declared error formats, and a note for the report when they are unknown."""
+    if cls is None:
+        return {}, "; error formats: by path convention (the class is not installed here)"
+    try:
+        return declared_error_formats(cls), ""
+    except Exception as exc:  # noqa: BLE001 - a class that needs its environment to be built
+        return {}, f"; error formats: by path convention ({cls.__name__}() with default settings: {exc})"
 
 
 def _started(launched: Launched, report: Report) -> bool:
