@@ -131,7 +131,7 @@ class Launched:
 
 
 def launch(cls: type[Service], env: dict[str, str] | None = None) -> Launched:
-    from nexusd.units.render import context, defaults
+    from nexusd.units.render import context
 
     workdir = tempfile.TemporaryDirectory(prefix=f"nexusd-check-{cls.name}-")
     notify = NotifySocket(Path(workdir.name) / "notify")
@@ -149,10 +149,19 @@ def launch(cls: type[Service], env: dict[str, str] | None = None) -> Launched:
         if listener.observability and not observability:
             observability = listener.name
     child_env.update({"NOTIFY_SOCKET": str(notify.path), "PYTHONUNBUFFERED": "1"})
+    start_timeout, drain_timeout = (_seconds(child_env, cls, f, getattr(ctx.settings, f))
+                                    for f in ("start_timeout", "drain_timeout"))
     log_path = Path(workdir.name) / "service.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", cls.name],
                                 env=child_env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    settings = defaults(cls.Settings)
     return Launched(cls.name, proc, notify, urls, observability or next(iter(urls)), log_path,
-                    float(settings.start_timeout), float(settings.drain_timeout), workdir)
+                    start_timeout, drain_timeout, workdir)
+
+
+def _seconds(env: dict[str, str], cls: type[Service], field_name: str, default: float) -> float:
+    """A timeout as the child will read it (its environment, else the default): how long to wait."""
+    try:
+        return float(env.get(env_name(cls.Settings, field_name), default))
+    except ValueError:  # the child refuses it at start (exit 78), which the check reports
+        return float(default)
