@@ -18,7 +18,6 @@ from nexusd.authoring.contract import (
     SCHEMA_PATH,
     Target,
     check_still_serving,
-    declared_error_formats,
     endpoint_checks,
 )
 from nexusd.authoring.launch import Launched, launch
@@ -42,18 +41,16 @@ def run_contract(service: str, *, url: str | None = None, obs_url: str | None = 
     if url is None and cls is None:
         return Report(service, "not found", [Result("load", FAIL, f"unknown service {service!r}: "
                                                     "not built in and no `nexusd.services` entry point")])
-    formats, note = _error_formats(cls)
     launched = None
     if url is None:
         assert cls is not None
         launched = launch(cls, env)
-        target = Target(service, launched.api, launched.obs, headers or {}, cls, launched, formats=formats)
+        target = Target(service, launched.api, launched.obs, headers or {}, cls, launched)
         where = f"started `nexusd run {service}` (api {launched.api}, observability {launched.obs})"
     else:
-        target = Target(service, url.rstrip("/"), (obs_url or url).rstrip("/"), headers or {}, cls,
-                        formats=formats)
+        target = Target(service, url.rstrip("/"), (obs_url or url).rstrip("/"), headers or {}, cls)
         where = f"running at {target.api}"
-    report = Report(service, where + note)
+    report = Report(service, where)
     try:
         if launched is not None and not _started(launched, report):
             return report
@@ -68,16 +65,6 @@ def run_contract(service: str, *, url: str | None = None, obs_url: str | None = 
         if launched is not None:
             launched.close()
     return report
-
-
-def _error_formats(cls: type[Service] | None) -> tuple[dict[tuple[str, str], str], str]:
-    """The endpoints' declared error formats, and a note for the report when they are unknown."""
-    if cls is None:
-        return {}, "; error formats: by path convention (the class is not installed here)"
-    try:
-        return declared_error_formats(cls), ""
-    except Exception as exc:  # noqa: BLE001 - a class that needs its environment to be built
-        return {}, f"; error formats: by path convention ({cls.__name__}() with default settings: {exc})"
 
 
 def _started(launched: Launched, report: Report) -> bool:

@@ -8,7 +8,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ class Target:
     cls: type[Service] | None
     launched: Launched | None = None
     metadata: dict[str, Any] | None = None
-    formats: dict[tuple[str, str], str] = field(default_factory=dict)  # declared error formats
 
     def get(self, base: str, path: str, headers: dict[str, str] | None = None) -> Answer:
         return request(base, "GET", path, headers={**self.headers, **(headers or {})})
@@ -45,22 +44,9 @@ class Target:
 
 
 # --- error shapes -----------------------------------------------------------------------------
-def declared_error_formats(cls: type[Service]) -> dict[tuple[str, str], str]:
-    """(method, path) → the error format each endpoint declares (`Endpoint.errors`), read from an
-    instance built on default settings, as `nexusd units render` builds one."""
-    from nexusd.runtime.context import Runtime
-    from nexusd.runtime.settings import SharedSettings
-    from nexusd.runtime.systemd import Notifier
-    from nexusd.units.render import defaults
-
-    shared = defaults(SharedSettings)
-    service = cls(defaults(cls.Settings), shared, Runtime(cls.name, shared, notifier=Notifier("")))
-    return {(ep.method, ep.path): str(fmt) for ep in service.endpoints() if (fmt := getattr(ep, "errors", None))}
-
-
 def error_shape(path: str, declared: str | None = None) -> str:
-    """The route's error format: as declared by its endpoint when the class is here, else the
-    project's convention: Ollama's on /api/*, Anthropic's on /v1/messages, OpenAI's elsewhere."""
+    """The route's error format: as its metadata says (`endpoints[].errors`), else, for a service
+    from before that field, the convention: Ollama's on /api/*, Anthropic's on /v1/messages."""
     if declared:
         return declared
     if path.startswith("/api/"):
@@ -241,7 +227,7 @@ def _checks_for(t: Target, ep: dict[str, Any], declared: set[str]) -> Iterator[t
     if ep.get("max_body") is None:
         yield label, _skip("pass-through: keeps its upstream's error shape and limits")
         return
-    shape = error_shape(path, t.formats.get((method, ep["path"])))
+    shape = error_shape(path, ep.get("errors"))
     other = next((m for m in ("PUT", "PATCH", "DELETE", "POST") if m not in declared), None)
     if other is not None and "*" not in declared:
         yield f"{label}: wrong method", partial(_wrong_method, t, other, path, shape, ep)
@@ -250,8 +236,17 @@ def _checks_for(t: Target, ep: dict[str, Any], declared: set[str]) -> Iterator[t
     yield f"{label}: bad JSON", partial(_bad_body, t, method, path, b'{"model": ', "application/json", 400, shape)
     yield f"{label}: wrong type", partial(_bad_body, t, method, path, b'["not", "an", "object"]',
                                           "application/json", 400, shape)
-    yield f"{label}: not JSON", partial(_bad_body, t, method, path, b"model=x", "text/plain", 415, shape)
+    yield f"{label}: not JSON", partial(_not_json, t, method, path, shape)
     yield f"{label}: too large", partial(_too_large, t, method, path, shape, ep["max_body"])
+
+
+def _not_json(t: Target, method: str, path: str, shape: str) -> str:
+    answer = t.send(method, path, b"model=x", {"Content-Type": "text/plain"})
+    if shape == "ollama" and answer.status == 400:
+        # Ollama's own server ignores Content-Type (`curl -d` sends form-encoded JSON), so an
+        # Ollama-compatible route may answer "not JSON" (400) rather than refuse the type (415).
+        return _status(answer, 400, shape)
+    return _status(answer, 415, shape)
 
 
 def _bad_body(t: Target, method: str, path: str, body: bytes, ctype: str, status: int, shape: str) -> str:
