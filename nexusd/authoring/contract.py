@@ -250,7 +250,11 @@ def _not_json(t: Target, method: str, path: str, shape: str) -> str:
 
 
 def _bad_body(t: Target, method: str, path: str, body: bytes, ctype: str, status: int, shape: str) -> str:
-    return _status(t.send(method, path, body, {"Content-Type": ctype}), status, shape)
+    answer = t.send(method, path, body, {"Content-Type": ctype})
+    if ctype == "application/json" and answer.status == 415 and status != 415:
+        _status(answer, 415, shape)  # a proper refusal of the type, else this row fails here
+        raise Skipped("takes no JSON (415 for application/json): its own body type's checks are the service's")
+    return _status(answer, status, shape)
 
 
 def _fail(why: str) -> Callable[[], str]:
