@@ -17,6 +17,7 @@ EXTENSIONS: list[str] = [
     "nexusd.status",
     "nexusd.units.cli",
     "nexusd.services.gateway.cli",
+    "nexusd.authoring.cli",
 ]
 
 

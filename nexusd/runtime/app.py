@@ -36,7 +36,8 @@ def metadata_document(service: Service) -> MetadataDocument:
         endpoints=[
             EndpointInfo(path=e.path, method=e.method, operation_id=e.operation_id,
                          streaming=e.streaming, model_required=e.model_required,
-                         max_body=None if e.passthrough else (e.max_body or service.settings.max_body))
+                         max_body=None if e.passthrough else (e.max_body or service.settings.max_body),
+                         errors=e.errors)
             for e in service.endpoints() if e.listed
         ],
         models=service.models(),

@@ -36,6 +36,9 @@ class EndpointInfo(_Model):
     # The request body limit the runtime enforces (413 above it); null for pass-through routes,
     # whose upstream decides. Lets a gateway refuse an oversized body before relaying it.
     max_body: int | None = None
+    # The shape of every failure of the route (docs/service-contract.md, Errors): what clients,
+    # the gateway and `nexusd check` should expect.
+    errors: Literal["openai", "anthropic", "ollama"] = "openai"
 
 
 class Concurrency(_Model):

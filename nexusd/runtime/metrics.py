@@ -72,5 +72,9 @@ class Metrics:
         self.info = Gauge("nexus_service_info", "Service identity", ["service", "version", "instance_id"],
                           registry=self.registry)
 
+    def identify(self, service: str, version: str, instance_id: str) -> None:
+        """Set nexus_service_info{service,version,instance_id} = 1 (created above, set once here)."""
+        self.info.labels(service=service, version=version, instance_id=instance_id).set(1)
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

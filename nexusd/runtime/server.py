@@ -51,6 +51,7 @@ class Server:
         self.access = access
         self.runtime = Runtime(service_cls.name, shared)
         self.service = service_cls(settings, shared, self.runtime)
+        self.runtime.metrics.identify(self.service.name, self.service.version, self.runtime.instance_id)
         self.settings = settings
         self.shared = shared
         self.readiness = Readiness(self.service.checks())

@@ -23,7 +23,8 @@ class ConfigError(Exception):
 
 def service_config(service: str) -> SettingsConfigDict:
     return SettingsConfigDict(
-        env_prefix=f"NEXUS_{service.upper()}_", extra="ignore", validate_default=True
+        # `demo-svc` → NEXUS_DEMO_SVC_*: a hyphen is not valid in a shell or systemd variable name.
+        env_prefix=f"NEXUS_{service.upper().replace('-', '_')}_", extra="ignore", validate_default=True
     )
 
 

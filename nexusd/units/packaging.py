@@ -11,6 +11,7 @@ import json
 
 from nexusd.runtime.envfile import env_example
 from nexusd.runtime.service import CONFIG_DIR
+from nexusd.runtime.settings import env_name
 from nexusd.services import load_service, service_names
 from nexusd.units.render import MARKER, context, socket_units
 
@@ -42,13 +43,14 @@ def manifest(services: list[str] | None = None) -> str:
         cls = load_service(name)
         ctx = context(cls)
         sockets = socket_units(cls, ctx)
+        prefix = env_name(cls.Settings, "")  # NEXUS_<SVC>_, a hyphen in the name becoming _
         doc[name] = {
             "unit": f"{ctx.unit}.service",
-            "env_prefix": f"NEXUS_{name.upper()}_",
+            "env_prefix": prefix,
             "listeners": [
                 {"name": lst.name, "host": lst.host, "port": lst.port,
                  # the first listener's port is NEXUS_<SVC>_PORT, others NEXUS_<SVC>_<NAME>_PORT
-                 "port_env": f"NEXUS_{name.upper()}_{'' if i == 0 else lst.name.upper() + '_'}PORT",
+                 "port_env": f"{prefix}{'' if i == 0 else lst.name.upper() + '_'}PORT",
                  "socket": sockets[i] if sockets else None}
                 for i, lst in enumerate(ctx.listeners)
             ],

@@ -13,7 +13,7 @@ from typing import Any
 from nexusd.runtime.cgroup import parse_bytes, parse_cpu
 from nexusd.runtime.metadata import Resources
 from nexusd.runtime.service import CONFIG_DIR, Listener, Service, UnitContext
-from nexusd.runtime.settings import ServiceSettings
+from nexusd.runtime.settings import ServiceSettings, env_name
 from nexusd.services import load_service, service_names
 from nexusd.units.etcd import COMMON_ENV, DEFAULT_ETCD, etcd_unit
 from nexusd.units.etcd import UNIT as ETCD_UNIT
@@ -145,7 +145,7 @@ def service_unit(cls: type[Service], ctx: UnitContext, local_etcd: bool = False)
         "Restart=on-failure", "RestartSec=2s",
         "# 78 = EX_CONFIG: a bad configuration must not restart in a loop.",
         "RestartPreventExitStatus=78",
-        f"# NEXUS_{ctx.service.upper()}_START_TIMEOUT={s.start_timeout:g}s (model loading) plus {START_MARGIN}s.",
+        f"# {env_name(type(s), 'start_timeout')}={s.start_timeout:g}s (model loading) plus {START_MARGIN}s.",
         f"TimeoutStartSec={math.ceil(s.start_timeout) + START_MARGIN}",
         f"TimeoutStopSec={math.ceil(s.drain_timeout) + STOP_MARGIN}",
         f"WatchdogSec={cls.watchdog_sec}",

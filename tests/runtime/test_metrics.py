@@ -46,3 +46,18 @@ async def test_services_register_their_own_metrics_on_the_registry():
         body, _ = server.runtime.metrics.render()
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert families["probe_things"].samples[0].value == 2
+
+
+def test_service_info_names_the_running_instance(tmp_path):
+    # Defect: nexus_service_info was created but never set, so /metrics had the family and no sample.
+    from tests.helpers.proc import run_service
+
+    with run_service("template", tmp_path) as svc:
+        metadata = svc.get("/v1/metadata")[1]
+        text = svc.get("/metrics")[1]
+    assert isinstance(metadata, dict) and isinstance(text, str)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    [sample] = families["nexus_service_info"].samples
+    assert sample.value == 1
+    assert sample.labels == {"service": "template", "version": metadata["service"]["version"],
+                             "instance_id": metadata["service"]["instance_id"]}
