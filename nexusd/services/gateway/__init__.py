@@ -20,6 +20,7 @@ from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resource
 from nexusd.runtime.settings import ConfigError
 from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
+from nexusd.services.gateway.allowlist import AllowList
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
@@ -31,7 +32,7 @@ from nexusd.services.gateway.multipart import MultipartRelay
 from nexusd.services.gateway.proxy import Proxy
 from nexusd.services.gateway.ratelimit import RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
-from nexusd.services.gateway.settings import GatewaySettings
+from nexusd.services.gateway.settings import GatewaySettings, split_list
 from nexusd.services.gateway.statuspage import RecentErrors, status_handler
 
 log = logging.getLogger("nexusd.gateway")
@@ -60,6 +61,7 @@ class GatewayService(Service):
             default_inflight=settings.default_max_inflight, default_queue=settings.default_max_queue,
             on_change=self.rebuild, on_event=self._discovery_event,
             headers={"X-Nexus-Internal-Token": self.internal_token} if self.internal_token else None,
+            allow=AllowList(split_list(settings.allowed_backends)) if settings.allowed_backends.strip() else None,
         )
         self.balancer = Balancer(cooldown=settings.eject_cooldown, eject_after=settings.eject_after,
                                  queue_timeout=settings.queue_timeout, on_eject=self._ejected)

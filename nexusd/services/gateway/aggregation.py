@@ -78,4 +78,5 @@ class Aggregation:
             "models": models,
             "defaults": dict(table.defaults),
             "etcd": self.gateway.etcd_state(),
+            "allowed_backends": allow.description if (allow := self.gateway.instances.allow) else "unrestricted",
         }

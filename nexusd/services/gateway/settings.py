@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from nexusd.runtime.settings import ServiceSettings, service_config
+from nexusd.services.gateway.allowlist import parse_entries
 from nexusd.services.gateway.ratelimit import Network, parse_networks
 
 # The seed's convention: any <NAME>_BASE_URL is a backend. OPENAI_BASE_URL is what clients use
@@ -68,12 +69,21 @@ class GatewaySettings(ServiceSettings):
                         "address (for the per-address limits); unset: the socket's peer is the client")
     local_units: str = Field("/etc/systemd/system", description="Without NEXUS_ETCD_ENDPOINTS: find the nexusd "
                              "services enabled on this host from the units here; empty = off")
+    allowed_backends: str = Field(
+        "", description="CIDRs and hostnames (comma-separated) that instances registered in etcd may be at; "
+                        "others are never contacted nor sent the internal token. Unset: unrestricted")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, v: str) -> str:
         parse_networks(split_list(v))  # a typo fails at start, naming the setting
+        return v
+
+    @field_validator("allowed_backends")
+    @classmethod
+    def _allow_list(cls, v: str) -> str:
+        parse_entries(split_list(v))
         return v
 
     @property
