@@ -121,7 +121,7 @@ class Proxy:
                 raise ApiError(415, f"Content-Type must be application/json, got {ctype or 'none'}",
                                code="unsupported_media_type")
             body = await read_body(request)
-            model, stream = inspect_json(body)
+            model, stream = inspect_json(body, native=route.operation_id.startswith(NATIVE_PREFIX))
         instances, model_id = self.table.candidates(route, model)
         key = request[API_KEY]
         check_scope(key, route.operation_id, model_id, model)
@@ -285,18 +285,50 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(413, "Request body too large", code="request_too_large") from None
 
 
-def inspect_json(body: bytes) -> tuple[str | None, bool]:
-    """The two fields routing needs: `model` and `stream`. The body is forwarded unchanged."""
+def inspect_json(body: bytes, native: bool = False) -> tuple[str | None, bool]:
+    """The two fields routing needs: `model` and `stream`. The body is forwarded unchanged.
+    Ollama's native API also names the model `name` (pull, show, delete; `model` wins)."""
     data: Any = loads(body)  # 400 invalid_json, nesting depth bounded
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object", code="invalid_json")
-    model = data.get("model")
+    model = data.get("model") or (data.get("name") if native else None)
     if model is not None and (not isinstance(model, str) or not model or len(model) > 256):
         raise ApiError(400, "model must be a non-empty string", param="model", code="invalid_value")
     return model, data.get("stream") is True
 
 
+# Ollama's native API (`ollama.<name>` operations, routed from the service's metadata) in two
+# scopes a key's --ops must name: inference and listing, and model management (disk, network).
+NATIVE_PREFIX = "ollama."
+NATIVE_INFERENCE = frozenset({"chat", "generate", "embed", "embeddings", "tags", "show", "ps", "version"})
+
+
+def native_scope(operation: str) -> str:
+    """`ollama.native` or `ollama.admin`; anything not known to be inference is admin."""
+    return "ollama.native" if operation[len(NATIVE_PREFIX):] in NATIVE_INFERENCE else "ollama.admin"
+
+
+def model_allowed(models: frozenset[str], requested: str) -> bool:
+    """Ollama names `llama3` and `llama3:latest` the same model."""
+    if requested in models:
+        return True
+    if requested.endswith(":latest"):
+        return requested[: -len(":latest")] in models
+    return ":" not in requested and f"{requested}:latest" in models
+
+
 def check_scope(key: ApiKey, operation: str, model_id: str, requested: str | None) -> None:
+    if operation.startswith(NATIVE_PREFIX):
+        # Native routes carry no routing model: only the key's explicit --ops open them (a key
+        # with no --ops limit gets neither scope), and the body's model is checked here.
+        scope = native_scope(operation)
+        if key.operations is None or (scope not in key.operations and operation not in key.operations):
+            raise ApiError(403, f"This API key may not use {operation} (its --ops must name {scope})",
+                           code="operation_not_allowed")
+        if key.models is not None and requested is not None and not model_allowed(key.models, requested):
+            raise ApiError(403, f"This API key may not use model '{requested}'", param="model",
+                           code="model_not_allowed")
+        return
     if key.operations is not None and operation not in key.operations:
         raise ApiError(403, f"This API key may not use {operation}", code="operation_not_allowed")
     if key.models is not None and model_id and model_id not in key.models and requested not in key.models:
