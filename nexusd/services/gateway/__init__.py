@@ -30,7 +30,7 @@ from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
 from nexusd.services.gateway.multipart import MultipartRelay
 from nexusd.services.gateway.proxy import Proxy
-from nexusd.services.gateway.ratelimit import RateLimiter
+from nexusd.services.gateway.ratelimit import FileRouteLimits, RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings, split_list
 from nexusd.services.gateway.statuspage import RecentErrors, status_handler
@@ -78,6 +78,9 @@ class GatewayService(Service):
             if self.etcd is None and settings.local_units else None
         self._diagnosis: asyncio.Task[None] | None = None
         registry.register(InstanceCollector(self._snapshot))
+        self.file_limits = FileRouteLimits(per_minute=settings.file_fetches_per_minute,
+                                           inflight=settings.file_fetch_inflight,
+                                           trusted=settings.trusted_proxy_networks)
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.extra_metadata, self.recent_errors, self.version)
         self._auth = make_auth_check(self.keys, self.limiter, self._rejected,

@@ -132,9 +132,11 @@ class Proxy:
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
                       body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
-                      path: str | None = None) -> web.StreamResponse:
+                      path: str | None = None, slot: bool = True) -> web.StreamResponse:
         """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
-        spooled upload, multipart.py)."""
+        spooled upload, multipart.py). `slot=False`: the caller admitted the request itself
+        (image files do, so that a flood of file fetches never takes an instance's generation
+        slots)."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -156,7 +158,8 @@ class Proxy:
                     raise ApiError(502, "Upstream connection failed", code="upstream_unreachable")
                 raise ApiError(503, f"No live instance serves {op}", code="no_instance_available",
                                headers={"Retry-After": "2"})
-            await self.balancer.acquire(inst, model_id)
+            if slot:
+                await self.balancer.acquire(inst, model_id)
             try:
                 try:
                     resp = await self.session.request(
@@ -188,7 +191,8 @@ class Proxy:
                 finally:
                     resp.release()
             finally:
-                self.balancer.release(inst, model_id)
+                if slot:
+                    self.balancer.release(inst, model_id)
         raise AssertionError("unreachable")
 
     async def relay(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,

@@ -69,6 +69,10 @@ class GatewaySettings(ServiceSettings):
                         "address (for the per-address limits); unset: the socket's peer is the client")
     local_units: str = Field("/etc/systemd/system", description="Without NEXUS_ETCD_ENDPOINTS: find the nexusd "
                              "services enabled on this host from the units here; empty = off")
+    file_fetches_per_minute: int = Field(
+        120, ge=1, description="Image-file fetches (the public capability URLs) a client address may make per minute")
+    file_fetch_inflight: int = Field(
+        16, ge=1, description="Image-file fetches in flight per instance; more get 429 (generation slots are not used)")
     allowed_backends: str = Field(
         "", description="CIDRs and hostnames (comma-separated) that instances registered in etcd may be at; "
                         "others are never contacted nor sent the internal token. Unset: unrestricted")
