@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import ssl
 from dataclasses import replace
@@ -81,6 +82,7 @@ class GatewayService(Service):
         self.file_limits = FileRouteLimits(per_minute=settings.file_fetches_per_minute,
                                            inflight=settings.file_fetch_inflight,
                                            trusted=settings.trusted_proxy_networks)
+        self._openapi_doc: bytes | None = None
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.extra_metadata, self.recent_errors, self.version)
         self._auth = make_auth_check(self.keys, self.limiter, self._rejected,
@@ -129,11 +131,21 @@ class GatewayService(Service):
             Endpoint("GET", "/v1/models/{model:[\\s\\S]+}", self.aggregation.get_model, "models.retrieve"),
             Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",
                      public=True),  # capability URL: no key, no guard
+            Endpoint("GET", "/openapi.json", self._openapi, "gateway.openapi", listed=False),
             # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
             Endpoint("*", "/{tail:[\\s\\S]*}", relay, "gateway.relay", listed=False),
             # 8801: the operators' status page (server-rendered, refreshes itself).
             Endpoint("GET", "/", self._status_page, "gateway.status", listed=False, listener="obs"),
         ]
+
+    async def _openapi(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from nexusd.services.gateway.openapi import document
+
+        if self._openapi_doc is None:  # built once: it imports the services' request models
+            self._openapi_doc = json.dumps(document(self.version)).encode()
+        return web.Response(body=self._openapi_doc, content_type="application/json")
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(id=m["id"], operations=[], aliases=m["aliases"], owned_by=m["owned_by"])
