@@ -42,9 +42,9 @@ class Stack:
         return self.gateway.get_json(self.gateway.obs + "/readyz")[0] == 200
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
+    tmp = tmp_path_factory.mktemp("fuzz")  # one stack for the corpus and the session
     key = make_keys(tmp / "keys", {"fuzz": {}})["fuzz"]
     with contextlib.ExitStack() as stack:
         services = {
@@ -59,7 +59,8 @@ def stack(tmp_path_factory):
                 "NEXUS_OLLAMA_MAX_TOKENS": "4", "NEXUS_OLLAMA_CONTEXT": "512"}))
         env = {f"{name.upper()}_BASE_URL": svc.url for name, svc in services.items()}
         gw = stack.enter_context(run_gateway(tmp, {**env, "NEXUS_GATEWAY_KEYS_FILE": str(tmp / "keys"),
-                                                   "NEXUS_LOG_FORMAT": "json"}))
+                                                   "NEXUS_LOG_FORMAT": "json",
+                                                   "NEXUS_GATEWAY_BODY_TIMEOUT": "2"}))
 
         def all_ready() -> bool:
             return sum(i["state"] == "ready" for i in gw.metadata()["extra"]["instances"]) == len(services)

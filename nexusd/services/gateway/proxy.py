@@ -21,7 +21,7 @@ from aiohttp import web
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.logs import request_id_var
 from nexusd.runtime.sse import error_event
-from nexusd.runtime.validation import loads
+from nexusd.runtime.validation import loads, read_within
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
 from nexusd.services.gateway.instances import Instance
@@ -120,7 +120,7 @@ class Proxy:
             if ctype != "application/json":
                 raise ApiError(415, f"Content-Type must be application/json, got {ctype or 'none'}",
                                code="unsupported_media_type")
-            body = await read_body(request)
+            body = await read_body(request, self.settings.body_timeout)
             model, stream = inspect_json(body, native=route.operation_id.startswith(NATIVE_PREFIX))
         instances, model_id = self.table.candidates(route, model)
         key = request[API_KEY]
@@ -282,9 +282,9 @@ def header_value(value: str, name: str) -> str:
     raise ApiError(400, f"{name} header has characters that cannot be forwarded", code="invalid_request")
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request, timeout: float) -> bytes:
     try:
-        return await request.read()
+        return await read_within(request, timeout)
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "Request body too large", code="request_too_large") from None
 

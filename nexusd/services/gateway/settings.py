@@ -47,6 +47,8 @@ class GatewaySettings(ServiceSettings):
     poll_interval: float = Field(2.0, gt=0, le=60, description="Seconds between /readyz polls of each instance")
     metadata_refresh: float = Field(30.0, gt=0, description="Seconds between /v1/metadata refetches")
     connect_timeout: float = Field(3.0, gt=0, le=60, description="Upstream connect timeout, seconds")
+    body_timeout: float = Field(30.0, gt=0, le=3600,
+                                description="Seconds a client may take to send its request body, then 408")
     read_timeout: float = Field(300.0, gt=0, description="Upstream read timeout (between bytes), seconds")
     read_timeouts: dict[str, float] = Field(
         {}, description='Per-operation read timeouts, JSON: {"images.generate": 600}')
