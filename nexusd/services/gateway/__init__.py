@@ -20,6 +20,7 @@ from typing import Any
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
 from nexusd.runtime.settings import ConfigError
 from nexusd.services.gateway import diagnosis
+from nexusd.runtime.tls import client_context, server_context
 from nexusd.services.gateway.aggregation import Aggregation
 from nexusd.services.gateway.allowlist import AllowList
 from nexusd.services.gateway.auth import make_auth_check
@@ -57,16 +58,18 @@ class GatewayService(Service):
         self.gw_metrics = GatewayMetrics(registry)
         self.keys = KeyStore(settings.keys_file)
         self.limiter = RateLimiter()
+        backend_tls = client_context(shared.backend_ca)  # https:// backends: verified
         self.instances = InstanceSet(
             poll_interval=settings.poll_interval, metadata_every=settings.metadata_refresh,
             default_inflight=settings.default_max_inflight, default_queue=settings.default_max_queue,
             on_change=self.rebuild, on_event=self._discovery_event,
             headers={"X-Nexus-Internal-Token": self.internal_token} if self.internal_token else None,
             allow=AllowList(split_list(settings.allowed_backends)) if settings.allowed_backends.strip() else None,
+            ssl=backend_tls,
         )
         self.balancer = Balancer(cooldown=settings.eject_cooldown, eject_after=settings.eject_after,
                                  queue_timeout=settings.queue_timeout, on_eject=self._ejected)
-        self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
+        self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token, ssl=backend_tls)
         self.proxy.table.explain = self._explain
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
         self.aggregation = Aggregation(self)
@@ -100,15 +103,7 @@ class GatewayService(Service):
         return [replace(api, ssl_context=self._tls()), obs]
 
     def _tls(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            ctx.load_cert_chain(s.tls_cert, s.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"NEXUS_GATEWAY_TLS_CERT/_KEY: cannot load: {exc}") from None
-        return ctx
+        return server_context(self.settings.tls_cert, self.settings.tls_key, "NEXUS_GATEWAY")
 
     def guard(self, listener: Listener) -> Any:
         return self._auth if listener.name == "api" else None

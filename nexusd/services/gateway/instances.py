@@ -109,7 +109,7 @@ class InstanceSet:
     def __init__(self, *, poll_interval: float, metadata_every: float, default_inflight: int,
                  default_queue: int, on_change: Callable[[], None],
                  headers: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
-                 allow: AllowList | None = None) -> None:
+                 allow: AllowList | None = None, ssl: Any = True) -> None:
         self.instances: dict[str, Instance] = {}
         self.poll_interval = poll_interval
         self.metadata_every = metadata_every
@@ -119,6 +119,7 @@ class InstanceSet:
         self.on_event = on_event or (lambda _event: None)
         self.headers = headers or {}
         self.allow = allow  # None: every registered instance may be contacted
+        self.ssl = ssl  # how https:// instances are verified
         self.self_urls: set[str] = set()
         self.session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -162,7 +163,8 @@ class InstanceSet:
     # --- polling -----------------------------------------------------------------------
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=4, sock_connect=2), headers=self.headers)
+            timeout=aiohttp.ClientTimeout(total=4, sock_connect=2), headers=self.headers,
+            connector=aiohttp.TCPConnector(ssl=self.ssl))
         self._task = asyncio.create_task(self._run(), name="gateway-instance-poll")
 
     async def stop(self) -> None:

@@ -70,8 +70,9 @@ def mime(message: web.Request | aiohttp.ClientResponse) -> str:
 
 class Proxy:
     def __init__(self, settings: GatewaySettings, balancer: Balancer, metrics: GatewayMetrics,
-                 internal_token: str) -> None:
+                 internal_token: str, ssl: Any = True) -> None:
         self.settings = settings
+        self.ssl = ssl  # how https:// backends are verified (NEXUS_BACKEND_CA)
         self.balancer = balancer
         self.metrics = metrics
         self.table = RoutingTable()
@@ -91,7 +92,7 @@ class Proxy:
         # (aiohttp adds Accept and Accept-Encoding only where we set none).
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.upstream_connections,
-                                           keepalive_timeout=30, enable_cleanup_closed=False),
+                                           keepalive_timeout=30, enable_cleanup_closed=False, ssl=self.ssl),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
         )

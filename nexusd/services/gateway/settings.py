@@ -60,9 +60,6 @@ class GatewaySettings(ServiceSettings):
     upstream_connections: int = Field(256, ge=1, description="Keep-alive pool size per upstream host")
     buffer_limit: int = Field(8 << 20, gt=0,
                               description="Answers with a known length up to this size are read whole; larger ones stream")
-    tls_cert: str = Field("", description="HTTPS on the API port: certificate chain (PEM); a relative name is "
-                                          "looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
-    tls_key: str = Field("", description="HTTPS on the API port: private key (PEM), as tls_cert")
     auth_failures_per_minute: int = Field(
         30, ge=1, description="Failed authentications a client address may make per minute (burst as large); "
                               "past it, 429 before any key is checked")
@@ -108,12 +105,4 @@ class GatewaySettings(ServiceSettings):
         # Read once, with the other settings: the seed's <NAME>_BASE_URL convention.
         if self.static_backends is None:
             self.static_backends = env_base_urls()
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if creds:
-            for field in ("tls_cert", "tls_key"):
-                value = getattr(self, field)
-                if value and not os.path.isabs(value):
-                    setattr(self, field, os.path.join(creds, value))
-        return self
+        return self  # tls_cert/tls_key: the runtime's (every service has them)
