@@ -52,11 +52,14 @@ class Client:
         raise AssertionError("unreachable")
 
 
-def is_envelope(body: bytes) -> bool:
+def is_envelope(body: bytes, path: str) -> bool:
+    """The route's error shape: OpenAI's envelope, Ollama's {"error": "..."} on /api/*."""
     try:
         doc = json.loads(body)
     except ValueError:
         return False
+    if path.startswith("/api/"):
+        return isinstance(doc, dict) and list(doc) == ["error"] and isinstance(doc["error"], str)
     error = doc.get("error") if isinstance(doc, dict) else None
     return isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error) \
         and isinstance(error["message"], str)
@@ -80,7 +83,7 @@ def test_fuzz_session(stack):
         if status == 500 and not made_by_gateway:
             counts["service_500"] += 1
             problems.append(f"service 500 ({headers['x-nexus-instance']}): {req.describe()} -> {body[:300]!r}")
-        if status >= 400 and req.method != "HEAD" and not is_envelope(body):
+        if status >= 400 and req.method != "HEAD" and not is_envelope(body, req.path):
             counts["non_envelope"] += 1
             problems.append(f"non-envelope {status}: {req.describe()} -> {body[:300]!r}")
 

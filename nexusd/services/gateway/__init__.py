@@ -127,6 +127,8 @@ class GatewayService(Service):
             Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",
                      public=True),  # capability URL: no key, no guard
             Endpoint("GET", "/openapi.json", self._openapi, "gateway.openapi", listed=False),
+            # Ollama's native API (declared by the ollama service): errors in Ollama's shape.
+            Endpoint("*", "/api/{tail:[\\s\\S]*}", relay, "gateway.relay", listed=False, errors="ollama"),
             # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
             Endpoint("*", "/{tail:[\\s\\S]*}", relay, "gateway.relay", listed=False),
             # 8801: the operators' status page (server-rendered, refreshes itself).
