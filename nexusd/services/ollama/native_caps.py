@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from nexusd.runtime.errors import ApiError
-from nexusd.runtime.validation import loads
+from nexusd.runtime.validation import loads, read_within
 
 CAPPED_ROUTES = frozenset({"/api/chat", "/api/generate"})
 
@@ -33,13 +33,11 @@ def cap_options(doc: dict[str, Any], max_tokens: int, context: int) -> dict[str,
 async def capped_body(request: web.Request, max_tokens: int, context: int) -> bytes | web.Response:
     """The request's body with the caps applied, or an Ollama-shaped 400/413 to answer with."""
     try:
-        raw = await request.read()
+        doc = loads(await read_within(request))  # bounded in time and nesting, as every body
     except web.HTTPRequestEntityTooLarge:
         return web.json_response({"error": "request body too large"}, status=413)
-    try:
-        doc = loads(raw)
     except ApiError as exc:
-        return web.json_response({"error": exc.message}, status=400)
+        return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
     if not isinstance(doc, dict):
         return web.json_response({"error": "request body must be a JSON object"}, status=400)
     return json.dumps(cap_options(doc, max_tokens, context)).encode()
