@@ -63,6 +63,8 @@ BODY_TIMEOUT = 60.0  # seconds a client may take to send its body (the gateway's
 async def read_within(request: web.Request, timeout: float = BODY_TIMEOUT) -> bytes:
     """The whole body, or 408 when it does not arrive in time: aiohttp has no read timeout of
     its own, so a client sending a byte a second would hold a handler (and its memory) forever."""
+    if request.content.is_eof():  # the usual small body came with the headers: no timer needed
+        return await request.read()
     try:
         async with asyncio.timeout(timeout):
             return await request.read()
