@@ -111,3 +111,17 @@ async def test_instance_id_cannot_be_hijacked(etcd, keys):
             for _ in range(6):
                 assert await chat(gw, keys[1]["admin"]) == 200
             assert [p for p, _ in thief.seen if not p.startswith(("/readyz", "/v1/metadata"))] == []
+
+
+async def test_allow_list_hostnames_are_resolved(etcd, keys):
+    """A hostname in the list allows the addresses it resolves to (looked up at each poll)."""
+    async with serve(OpenAIDouble, SharedSettings(etcd_endpoints="", internal_token=INTERNAL)) as good:
+        port = good.url.rsplit(":", 1)[1]
+        by_name = f"http://localhost:{port}"  # the same backend, registered by host name
+        async with serve_gateway(keys[0], {}, shared=shared(etcd), allowed_backends="localhost") as gw, \
+                Registrant({}, host="127.0.0.2") as outsider:
+            await register(etcd.endpoint, "testai", good.runtime.instance_id, by_name)
+            await register(etcd.endpoint, "testai", "outsider-2", outsider.url)
+            await wait_state(gw, by_name, "ready")
+            assert "not in NEXUS_GATEWAY_ALLOWED_BACKENDS" in (await wait_state(gw, outsider.url, "refused"))["refused"]
+            assert await chat(gw, keys[1]["admin"]) == 200 and outsider.seen == []
