@@ -75,3 +75,12 @@ def get(url: str, key: str) -> dict:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+# The fuzz session's counts, shown at the end of every run (a passing test's prints are hidden).
+SUMMARY: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    for line in SUMMARY:
+        terminalreporter.write_line(line)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from nexusd.services.gateway.openapi import document
+from tests.fuzz.conftest import SUMMARY
 from tests.fuzz.strategies import Request, SchemaStrategies
 
 REQUESTS = int(os.environ.get("NEXUS_FUZZ_REQUESTS", "2000"))
@@ -101,9 +102,11 @@ def test_fuzz_session(stack):
     rss_start = stack.rss_kib()
     session(REQUESTS)
     rss_end = stack.rss_kib()
-    print(f"\nfuzz: {counts['requests']} requests ({WARMUP} warm-up); statuses {dict(sorted(statuses.items()))}; "
+    summary = (f"fuzz: {counts['requests']} requests ({WARMUP} warm-up); statuses {dict(sorted(statuses.items()))}; "
           f"gateway >=500: {counts['gateway_5xx']}; service 500: {counts['service_500']}; "
           f"non-envelope errors: {counts['non_envelope']}; gateway RSS {rss_start} -> {rss_end} KiB")
+    print("\n" + summary)
+    SUMMARY.append(summary)
     assert counts["requests"] >= REQUESTS + WARMUP
     assert not problems, "\n".join(problems[:20])
     assert stack.ready()
