@@ -45,7 +45,7 @@ async def resolve(host: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Addres
         infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
     except (OSError, TimeoutError):
         return set()
-    return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+    return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
 
 
 class AllowList:

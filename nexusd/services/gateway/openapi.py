@@ -40,7 +40,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, str, bool]] = [
 
 def _model(ref: str) -> type:
     module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    model: type = getattr(importlib.import_module(module), name)
+    return model
 
 
 def _error_schema() -> dict[str, Any]:

@@ -243,9 +243,10 @@ class OllamaEngine(Engine):
     async def native(self, request: web.Request) -> web.StreamResponse:
         body = None
         if request.method == "POST" and request.path in CAPPED_ROUTES:  # the service's caps apply here too
-            body = await capped_body(request, self.settings.max_tokens, self.settings.context)
-            if isinstance(body, web.Response):
-                return body
+            capped = await capped_body(request, self.settings.max_tokens, self.settings.context)
+            if isinstance(capped, web.Response):
+                return capped
+            body = capped
         return await passthrough(request, self.http, self.upstream, strip_auth=self.strip_auth,
                                  retry_after=self.settings.retry_after, body=body)
 
