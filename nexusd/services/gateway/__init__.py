@@ -19,8 +19,8 @@ from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
 from nexusd.runtime.settings import ConfigError
-from nexusd.services.gateway import diagnosis
 from nexusd.runtime.tls import client_context, server_context
+from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
 from nexusd.services.gateway.allowlist import AllowList
 from nexusd.services.gateway.auth import make_auth_check
