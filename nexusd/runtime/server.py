@@ -60,6 +60,7 @@ class Server:
         self.should_exit = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.bound: dict[str, tuple[str, int]] = {}
+        self.tls_listeners: set[str] = set()  # advertised as https://
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- phases ------------------------------------------------------------------------
@@ -75,6 +76,7 @@ class Server:
     async def bind(self) -> None:
         inherited = systemd.listen_fds()
         listeners = self.service.listeners()
+        self.tls_listeners = {li.name for li in listeners if li.ssl_context is not None}
         for i, listener in enumerate(listeners):
             app = build_app(self.service, listener, self.readiness,
                             self.access.write if self.access is not None else None)
@@ -110,7 +112,7 @@ class Server:
             host = socket.gethostname()
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return f"{'https' if name in self.tls_listeners else 'http'}://{host}:{port}"
 
     async def start(self) -> None:
         self.runtime.status("starting")

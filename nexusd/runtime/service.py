@@ -141,9 +141,16 @@ class Service:
         return cls.default_resources.model_copy(update=overrides)
 
     def listeners(self) -> list[Listener]:
-        """What the server binds: `listeners_for(settings)`; override to add what needs an
-        instance (e.g. a TLS context)."""
-        return self.listeners_for(self.settings)
+        """What the server binds: `listeners_for(settings)`, with HTTPS on the API listener when
+        NEXUS_<SERVICE>_TLS_CERT/_KEY are set; override to add what else needs an instance."""
+        from dataclasses import replace
+
+        from nexusd.runtime.settings import env_name
+        from nexusd.runtime.tls import server_context
+
+        s = self.settings
+        tls = server_context(s.tls_cert, s.tls_key, env_name(type(s), "")[:-1])
+        return [replace(li, ssl_context=tls) if tls and li.name == "api" else li for li in self.listeners_for(s)]
 
     def guard(self, listener: Listener) -> Callable[[web.Request], None] | None:
         """A synchronous check run before every handler of one listener (unmatched routes

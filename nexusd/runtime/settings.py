@@ -8,9 +8,10 @@ exits with 78 (EX_CONFIG, which the units list in `RestartPreventExitStatus=`).
 
 from __future__ import annotations
 
+import os
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EX_CONFIG = 78
@@ -50,6 +51,8 @@ class SharedSettings(BaseSettings):
                                     "too (off: probes are only counted in /metrics)")
     strict_limits: bool = Field(False, description="Refuse to start when cgroup limits differ from resources")
     internal_token: str = Field("", description="When set, API routes require this token")
+    backend_ca: str = Field("", description="Gateway: CA bundle that https:// backends are verified against "
+                                            "(default: the system's CAs)")
     gpu_memory: str = Field("", description="GPU memory cap for this process, e.g. 12Gi")
     cgroup_root: str = Field(
         "/", description="Test/diagnostic: root holding proc/self/cgroup and sys/fs/cgroup for limits"
@@ -76,6 +79,20 @@ class ServiceSettings(BaseSettings):
     memory: str | None = Field(None, description="Override the declared memory (e.g. 16Gi)")
     gpu: str | None = Field(None, description="Override the declared GPU (e.g. nvidia-gpu)")
     gpu_memory: str | None = Field(None, description="Override the declared GPU memory (e.g. 12Gi)")
+    tls_cert: str = Field("", description="HTTPS on the API port: certificate chain (PEM); a relative name is "
+                                          "looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+    tls_key: str = Field("", description="HTTPS on the API port: private key (PEM), as tls_cert")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServiceSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        for name in ("tls_cert", "tls_key") if creds else ():
+            value = getattr(self, name)
+            if value and not os.path.isabs(value):
+                setattr(self, name, os.path.join(creds, value))
+        return self
 
 
 def env_name(settings_cls: type[BaseSettings], field: str) -> str:

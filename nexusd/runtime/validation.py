@@ -7,6 +7,7 @@ later walk (validation, dumps) the same recursion. No API here takes more than a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -56,6 +57,24 @@ def loads(raw: bytes | str) -> Any:
     return data
 
 
+BODY_TIMEOUT = 60.0  # seconds a client may take to send its body (the gateway's is a setting)
+
+
+async def read_within(request: web.Request, timeout: float = BODY_TIMEOUT) -> bytes:
+    """The whole body, or 408 when it does not arrive in time: aiohttp has no read timeout of
+    its own, so a client sending a byte a second would hold a handler (and its memory) forever."""
+    if request.content.is_eof():  # the usual small body came with the headers: no timer needed
+        return await request.read()
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.pause_reading()  # answer, then drop it: the rest is not wanted
+        raise ApiError(408, f"Request body not received within {timeout:g}s", code="request_timeout",
+                       headers={"Connection": "close"}) from None
+
+
 async def read_json(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise ApiError(
@@ -63,7 +82,7 @@ async def read_json(request: web.Request) -> Any:
             f"Content-Type must be application/json, got {request.content_type or 'none'}",
             code="unsupported_media_type",
         )
-    return loads(await request.read())
+    return loads(await read_within(request))
 
 
 def validate(model: type[M], data: Any) -> M:

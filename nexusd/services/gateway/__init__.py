@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import ssl
 from dataclasses import replace
@@ -18,8 +19,10 @@ from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
 from nexusd.runtime.settings import ConfigError
+from nexusd.runtime.tls import client_context, server_context
 from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
+from nexusd.services.gateway.allowlist import AllowList
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
@@ -29,9 +32,9 @@ from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
 from nexusd.services.gateway.multipart import MultipartRelay
 from nexusd.services.gateway.proxy import Proxy
-from nexusd.services.gateway.ratelimit import RateLimiter
+from nexusd.services.gateway.ratelimit import FileRouteLimits, RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
-from nexusd.services.gateway.settings import GatewaySettings
+from nexusd.services.gateway.settings import GatewaySettings, split_list
 from nexusd.services.gateway.statuspage import RecentErrors, status_handler
 
 log = logging.getLogger("nexusd.gateway")
@@ -55,15 +58,18 @@ class GatewayService(Service):
         self.gw_metrics = GatewayMetrics(registry)
         self.keys = KeyStore(settings.keys_file)
         self.limiter = RateLimiter()
+        backend_tls = client_context(shared.backend_ca)  # https:// backends: verified
         self.instances = InstanceSet(
             poll_interval=settings.poll_interval, metadata_every=settings.metadata_refresh,
             default_inflight=settings.default_max_inflight, default_queue=settings.default_max_queue,
             on_change=self.rebuild, on_event=self._discovery_event,
             headers={"X-Nexus-Internal-Token": self.internal_token} if self.internal_token else None,
+            allow=AllowList(split_list(settings.allowed_backends)) if settings.allowed_backends.strip() else None,
+            ssl=backend_tls,
         )
         self.balancer = Balancer(cooldown=settings.eject_cooldown, eject_after=settings.eject_after,
                                  queue_timeout=settings.queue_timeout, on_eject=self._ejected)
-        self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
+        self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token, ssl=backend_tls)
         self.proxy.table.explain = self._explain
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
         self.aggregation = Aggregation(self)
@@ -76,6 +82,10 @@ class GatewayService(Service):
             if self.etcd is None and settings.local_units else None
         self._diagnosis: asyncio.Task[None] | None = None
         registry.register(InstanceCollector(self._snapshot))
+        self.file_limits = FileRouteLimits(per_minute=settings.file_fetches_per_minute,
+                                           inflight=settings.file_fetch_inflight,
+                                           trusted=settings.trusted_proxy_networks)
+        self._openapi_doc: bytes | None = None
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.extra_metadata, self.recent_errors, self.version)
         self._auth = make_auth_check(self.keys, self.limiter, self._rejected,
@@ -93,15 +103,7 @@ class GatewayService(Service):
         return [replace(api, ssl_context=self._tls()), obs]
 
     def _tls(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            ctx.load_cert_chain(s.tls_cert, s.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"NEXUS_GATEWAY_TLS_CERT/_KEY: cannot load: {exc}") from None
-        return ctx
+        return server_context(self.settings.tls_cert, self.settings.tls_key, "NEXUS_GATEWAY")
 
     def guard(self, listener: Listener) -> Any:
         return self._auth if listener.name == "api" else None
@@ -124,11 +126,23 @@ class GatewayService(Service):
             Endpoint("GET", "/v1/models/{model:[\\s\\S]+}", self.aggregation.get_model, "models.retrieve"),
             Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",
                      public=True),  # capability URL: no key, no guard
+            Endpoint("GET", "/openapi.json", self._openapi, "gateway.openapi", listed=False),
+            # Ollama's native API (declared by the ollama service): errors in Ollama's shape.
+            Endpoint("*", "/api/{tail:[\\s\\S]*}", relay, "gateway.relay", listed=False, errors="ollama"),
             # Whatever else a service declares in its metadata (e.g. /v1/echo), and the 404s.
             Endpoint("*", "/{tail:[\\s\\S]*}", relay, "gateway.relay", listed=False),
             # 8801: the operators' status page (server-rendered, refreshes itself).
             Endpoint("GET", "/", self._status_page, "gateway.status", listed=False, listener="obs"),
         ]
+
+    async def _openapi(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from nexusd.services.gateway.openapi import document
+
+        if self._openapi_doc is None:  # built once: it imports the services' request models
+            self._openapi_doc = json.dumps(document(self.version)).encode()
+        return web.Response(body=self._openapi_doc, content_type="application/json")
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(id=m["id"], operations=[], aliases=m["aliases"], owned_by=m["owned_by"])

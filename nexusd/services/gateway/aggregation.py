@@ -51,6 +51,7 @@ class Aggregation:
         unguessable token that instance checks), so no API key is needed here."""
         file_id = request.match_info["file_id"]
         proxy = self.gateway.proxy
+        self.gateway.file_limits.check_rate(request)
         maker = file_id.partition(".")[0]  # `<instance_id>.<token>.<ext>`; ids never contain "."
         owner = [i for i in self.gateway.instances.routable() if i.instance_id == maker]
         if not owner:
@@ -58,7 +59,8 @@ class Aggregation:
                 if any(i.instance_id == maker for i in self.gateway.instances.instances.values()) \
                 else ApiError(404, "No such file", code="not_found")
         anonymous = ApiKey(id="", sha256="", name="capability-url")
-        return await proxy.forward(request, FILES_ROUTE, owner, b"", "", anonymous)
+        with self.gateway.file_limits.admit(maker):  # its own admission, not the generation slot
+            return await proxy.forward(request, FILES_ROUTE, owner, b"", "", anonymous, slot=False)
 
     def report(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -78,4 +80,5 @@ class Aggregation:
             "models": models,
             "defaults": dict(table.defaults),
             "etcd": self.gateway.etcd_state(),
+            "allowed_backends": allow.description if (allow := self.gateway.instances.allow) else "unrestricted",
         }

@@ -21,7 +21,7 @@ from aiohttp import web
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.logs import request_id_var
 from nexusd.runtime.sse import error_event
-from nexusd.runtime.validation import loads
+from nexusd.runtime.validation import loads, read_within
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
 from nexusd.services.gateway.instances import Instance
@@ -70,8 +70,9 @@ def mime(message: web.Request | aiohttp.ClientResponse) -> str:
 
 class Proxy:
     def __init__(self, settings: GatewaySettings, balancer: Balancer, metrics: GatewayMetrics,
-                 internal_token: str) -> None:
+                 internal_token: str, ssl: Any = True) -> None:
         self.settings = settings
+        self.ssl = ssl  # how https:// backends are verified (NEXUS_BACKEND_CA)
         self.balancer = balancer
         self.metrics = metrics
         self.table = RoutingTable()
@@ -91,7 +92,7 @@ class Proxy:
         # (aiohttp adds Accept and Accept-Encoding only where we set none).
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.settings.upstream_connections,
-                                           keepalive_timeout=30, enable_cleanup_closed=False),
+                                           keepalive_timeout=30, enable_cleanup_closed=False, ssl=self.ssl),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
         )
@@ -120,8 +121,8 @@ class Proxy:
             if ctype != "application/json":
                 raise ApiError(415, f"Content-Type must be application/json, got {ctype or 'none'}",
                                code="unsupported_media_type")
-            body = await read_body(request)
-            model, stream = inspect_json(body)
+            body = await read_body(request, self.settings.body_timeout)
+            model, stream = inspect_json(body, native=route.operation_id.startswith(NATIVE_PREFIX))
         instances, model_id = self.table.candidates(route, model)
         key = request[API_KEY]
         check_scope(key, route.operation_id, model_id, model)
@@ -132,9 +133,11 @@ class Proxy:
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
                       body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
-                      path: str | None = None) -> web.StreamResponse:
+                      path: str | None = None, slot: bool = True) -> web.StreamResponse:
         """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
-        spooled upload, multipart.py)."""
+        spooled upload, multipart.py). `slot=False`: the caller admitted the request itself
+        (image files do, so that a flood of file fetches never takes an instance's generation
+        slots)."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -156,7 +159,8 @@ class Proxy:
                     raise ApiError(502, "Upstream connection failed", code="upstream_unreachable")
                 raise ApiError(503, f"No live instance serves {op}", code="no_instance_available",
                                headers={"Retry-After": "2"})
-            await self.balancer.acquire(inst, model_id)
+            if slot:
+                await self.balancer.acquire(inst, model_id)
             try:
                 try:
                     resp = await self.session.request(
@@ -188,7 +192,8 @@ class Proxy:
                 finally:
                     resp.release()
             finally:
-                self.balancer.release(inst, model_id)
+                if slot:
+                    self.balancer.release(inst, model_id)
         raise AssertionError("unreachable")
 
     async def relay(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,
@@ -278,25 +283,57 @@ def header_value(value: str, name: str) -> str:
     raise ApiError(400, f"{name} header has characters that cannot be forwarded", code="invalid_request")
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request, timeout: float) -> bytes:
     try:
-        return await request.read()
+        return await read_within(request, timeout)
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "Request body too large", code="request_too_large") from None
 
 
-def inspect_json(body: bytes) -> tuple[str | None, bool]:
-    """The two fields routing needs: `model` and `stream`. The body is forwarded unchanged."""
+def inspect_json(body: bytes, native: bool = False) -> tuple[str | None, bool]:
+    """The two fields routing needs: `model` and `stream`. The body is forwarded unchanged.
+    Ollama's native API also names the model `name` (pull, show, delete; `model` wins)."""
     data: Any = loads(body)  # 400 invalid_json, nesting depth bounded
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object", code="invalid_json")
-    model = data.get("model")
+    model = data.get("model") or (data.get("name") if native else None)
     if model is not None and (not isinstance(model, str) or not model or len(model) > 256):
         raise ApiError(400, "model must be a non-empty string", param="model", code="invalid_value")
     return model, data.get("stream") is True
 
 
+# Ollama's native API (`ollama.<name>` operations, routed from the service's metadata) in two
+# scopes a key's --ops must name: inference and listing, and model management (disk, network).
+NATIVE_PREFIX = "ollama."
+NATIVE_INFERENCE = frozenset({"chat", "generate", "embed", "embeddings", "tags", "show", "ps", "version"})
+
+
+def native_scope(operation: str) -> str:
+    """`ollama.native` or `ollama.admin`; anything not known to be inference is admin."""
+    return "ollama.native" if operation[len(NATIVE_PREFIX):] in NATIVE_INFERENCE else "ollama.admin"
+
+
+def model_allowed(models: frozenset[str], requested: str) -> bool:
+    """Ollama names `llama3` and `llama3:latest` the same model."""
+    if requested in models:
+        return True
+    if requested.endswith(":latest"):
+        return requested[: -len(":latest")] in models
+    return ":" not in requested and f"{requested}:latest" in models
+
+
 def check_scope(key: ApiKey, operation: str, model_id: str, requested: str | None) -> None:
+    if operation.startswith(NATIVE_PREFIX):
+        # Native routes carry no routing model: only the key's explicit --ops open them (a key
+        # with no --ops limit gets neither scope), and the body's model is checked here.
+        scope = native_scope(operation)
+        if key.operations is None or (scope not in key.operations and operation not in key.operations):
+            raise ApiError(403, f"This API key may not use {operation} (its --ops must name {scope})",
+                           code="operation_not_allowed")
+        if key.models is not None and requested is not None and not model_allowed(key.models, requested):
+            raise ApiError(403, f"This API key may not use model '{requested}'", param="model",
+                           code="model_not_allowed")
+        return
     if key.operations is not None and operation not in key.operations:
         raise ApiError(403, f"This API key may not use {operation}", code="operation_not_allowed")
     if key.models is not None and model_id and model_id not in key.models and requested not in key.models:

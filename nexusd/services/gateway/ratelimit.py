@@ -4,8 +4,10 @@ rate/60 per second), so a client may burst up to its minute's allowance and no f
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -95,3 +97,45 @@ def _is_in(address: str, networks: list[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+class FileRouteLimits:
+    """The public image-file route (no key): a per-client-address rate limit, and its own
+    admission per instance (at most `inflight` fetches at once, beyond that 429), so that
+    fetches — real or with a bogus token for a known instance — never take an instance's
+    generation slots. A tiny local admission for now; see docs/gateway.md."""
+
+    def __init__(self, *, per_minute: int, inflight: int, trusted: list[Network]) -> None:
+        self.per_minute = per_minute
+        self.inflight = inflight
+        self.trusted = trusted
+        self.limiter = RateLimiter(max_entries=65536)
+        self.active: dict[str, int] = {}
+
+    def check_rate(self, request: web.Request) -> None:
+        import time
+
+        from nexusd.runtime.errors import ApiError
+
+        wait = self.limiter.take(client_address(request, self.trusted), self.per_minute, time.time())
+        if wait:
+            raise ApiError(429, "Too many file requests from this address", code="rate_limit_exceeded",
+                           headers={"Retry-After": retry_after(wait)})
+
+    @contextlib.contextmanager
+    def admit(self, instance_id: str) -> Iterator[None]:
+        from nexusd.runtime.errors import ApiError
+
+        active = self.active.get(instance_id, 0)
+        if active >= self.inflight:
+            raise ApiError(429, "Too many file requests in flight for this instance", code="overloaded",
+                           headers={"Retry-After": "1"})
+        self.active[instance_id] = active + 1
+        try:
+            yield
+        finally:
+            left = self.active[instance_id] - 1
+            if left:
+                self.active[instance_id] = left
+            else:
+                del self.active[instance_id]

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from nexusd.runtime.settings import ServiceSettings, service_config
+from nexusd.services.gateway.allowlist import parse_entries
 from nexusd.services.gateway.ratelimit import Network, parse_networks
 
 # The seed's convention: any <NAME>_BASE_URL is a backend. OPENAI_BASE_URL is what clients use
@@ -46,6 +47,8 @@ class GatewaySettings(ServiceSettings):
     poll_interval: float = Field(2.0, gt=0, le=60, description="Seconds between /readyz polls of each instance")
     metadata_refresh: float = Field(30.0, gt=0, description="Seconds between /v1/metadata refetches")
     connect_timeout: float = Field(3.0, gt=0, le=60, description="Upstream connect timeout, seconds")
+    body_timeout: float = Field(30.0, gt=0, le=3600,
+                                description="Seconds a client may take to send its request body, then 408")
     read_timeout: float = Field(300.0, gt=0, description="Upstream read timeout (between bytes), seconds")
     read_timeouts: dict[str, float] = Field(
         {}, description='Per-operation read timeouts, JSON: {"images.generate": 600}')
@@ -57,9 +60,6 @@ class GatewaySettings(ServiceSettings):
     upstream_connections: int = Field(256, ge=1, description="Keep-alive pool size per upstream host")
     buffer_limit: int = Field(8 << 20, gt=0,
                               description="Answers with a known length up to this size are read whole; larger ones stream")
-    tls_cert: str = Field("", description="HTTPS on the API port: certificate chain (PEM); a relative name is "
-                                          "looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
-    tls_key: str = Field("", description="HTTPS on the API port: private key (PEM), as tls_cert")
     auth_failures_per_minute: int = Field(
         30, ge=1, description="Failed authentications a client address may make per minute (burst as large); "
                               "past it, 429 before any key is checked")
@@ -68,12 +68,25 @@ class GatewaySettings(ServiceSettings):
                         "address (for the per-address limits); unset: the socket's peer is the client")
     local_units: str = Field("/etc/systemd/system", description="Without NEXUS_ETCD_ENDPOINTS: find the nexusd "
                              "services enabled on this host from the units here; empty = off")
+    file_fetches_per_minute: int = Field(
+        120, ge=1, description="Image-file fetches (the public capability URLs) a client address may make per minute")
+    file_fetch_inflight: int = Field(
+        16, ge=1, description="Image-file fetches in flight per instance; more get 429 (generation slots are not used)")
+    allowed_backends: str = Field(
+        "", description="CIDRs and hostnames (comma-separated) that instances registered in etcd may be at; "
+                        "others are never contacted nor sent the internal token. Unset: unrestricted")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, v: str) -> str:
         parse_networks(split_list(v))  # a typo fails at start, naming the setting
+        return v
+
+    @field_validator("allowed_backends")
+    @classmethod
+    def _allow_list(cls, v: str) -> str:
+        parse_entries(split_list(v))
         return v
 
     @property
@@ -92,12 +105,4 @@ class GatewaySettings(ServiceSettings):
         # Read once, with the other settings: the seed's <NAME>_BASE_URL convention.
         if self.static_backends is None:
             self.static_backends = env_base_urls()
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if creds:
-            for field in ("tls_cert", "tls_key"):
-                value = getattr(self, field)
-                if value and not os.path.isabs(value):
-                    setattr(self, field, os.path.join(creds, value))
-        return self
+        return self  # tls_cert/tls_key: the runtime's (every service has them)

@@ -16,7 +16,8 @@ from nexusd.services.gateway.diagnosis import html_section as discovery_html
 
 REFRESH_SECONDS = 5
 _STATE_COLORS = {"ready": "#1a7f37", "not_ready": "#bf8700", "ejected": "#cf222e",
-                 "unknown": "#6e7781", "ignored": "#6e7781"}
+                 "unknown": "#6e7781", "ignored": "#6e7781", "invalid": "#cf222e",
+                 "refused": "#cf222e"}
 
 
 class RecentErrors(logging.Handler):
@@ -92,7 +93,8 @@ th{{background:#f6f8fa}} .badge{{color:#fff;border-radius:1rem;padding:.05rem .5
 </style></head><body>
 <h1>nexusd gateway</h1>
 <p class=summary>version {_e(version)} · services: {_e(", ".join(services) or "none")} · {ready}/{len(instances)} instances ready
- · etcd: {_e(_etcd(etcd))} · refreshes every {REFRESH_SECONDS}s · {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
+ · etcd: {_e(_etcd(etcd))}
+ · allowed backends: {_e(report.get("allowed_backends", "unrestricted"))} · refreshes every {REFRESH_SECONDS}s · {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
 {discovery_html(report)}<h2>Instances</h2>
 {_table(["service", "instance", "base URL", "state", "in flight", "served", "models", "declared", "cgroup limits", "sources", "last error"], inst_rows, "No instances discovered yet.")}
 <h2>Routes</h2>

@@ -88,11 +88,15 @@ class CompletionRequest(_Generation):
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
-            return self.prompt
-        if len(self.prompt) != 1:
+            text = self.prompt
+        elif len(self.prompt) != 1:
             raise ApiError(400, "prompt: only one prompt per request is supported", param="prompt",
                            code="invalid_value")
-        return self.prompt[0]
+        else:
+            text = self.prompt[0]
+        if not text:  # nothing to continue from: llama.cpp asserts on zero tokens (a 500)
+            raise ApiError(400, "prompt: must not be empty", param="prompt", code="invalid_value")
+        return text
 
 
 class EmbeddingRequest(_Body):

@@ -41,6 +41,7 @@ class BackendSettings(ServiceSettings):
     max_inflight: int = 0  # 0 = no concurrency block in the metadata
     model_inflight: int = 0  # > 0: tiny-chat declares its own concurrency (max_queue 0)
     delay: float = 0.0  # seconds each chat request takes
+    file_delay: float = 0.0  # seconds each image-file request takes
 
 
 class Chat(BaseModel):
@@ -200,6 +201,9 @@ class OpenAIDouble(Service):
         return web.json_response({"created": int(time.time()), "data": data})
 
     async def image_file(self, request: web.Request) -> web.Response:
+        self._record(request)
+        if self.settings.file_delay:
+            await asyncio.sleep(self.settings.file_delay)
         data = self.files.get(request.match_info["file_id"])
         if data is None:
             raise ApiError(404, "No such file", code="not_found")

@@ -32,6 +32,7 @@ from nexusd.services.ollama.engines.upstream import (
     upstream_error,
 )
 from nexusd.services.ollama.metrics import GenerationTimer
+from nexusd.services.ollama.native_caps import CAPPED_ROUTES, capped_body
 from nexusd.services.ollama.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -240,8 +241,14 @@ class OllamaEngine(Engine):
         return eps
 
     async def native(self, request: web.Request) -> web.StreamResponse:
+        body = None
+        if request.method == "POST" and request.path in CAPPED_ROUTES:  # the service's caps apply here too
+            capped = await capped_body(request, self.settings.max_tokens, self.settings.context)
+            if isinstance(capped, web.Response):
+                return capped
+            body = capped
         return await passthrough(request, self.http, self.upstream, strip_auth=self.strip_auth,
-                                 retry_after=self.settings.retry_after)
+                                 retry_after=self.settings.retry_after, body=body)
 
     # --- OpenAI /v1 relay --------------------------------------------------------------
     async def chat(self, request: web.Request, body: ChatRequest, model: str) -> web.StreamResponse:

@@ -85,17 +85,21 @@ def forward_headers(request: web.Request, strip_auth: bool) -> dict[str, str]:
 
 
 async def passthrough(request: web.Request, http: aiohttp.ClientSession, upstream: str, *,
-                      strip_auth: bool, retry_after: int) -> web.StreamResponse:
+                      strip_auth: bool, retry_after: int, body: bytes | None = None) -> web.StreamResponse:
     """Relay one request to the daemon byte for byte, streaming both bodies (NDJSON progress of
     /api/pull and /api/chat arrives as it is produced; /api/blobs uploads have no size limit
     because the body is never held in memory)."""
-    data = request.content if request.body_exists else None
+    data: aiohttp.StreamReader | bytes | None = request.content if request.body_exists else None
+    headers = forward_headers(request, strip_auth)
+    if body is not None:  # a body the service rewrote (native caps): its own length
+        data = body
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
     try:
         up = await http.request(request.method, upstream + str(request.rel_url), data=data,
-                                headers=forward_headers(request, strip_auth), allow_redirects=False)
+                                headers=headers, allow_redirects=False)
     except DOWN_ERRORS as exc:
-        body = {"error": f"ollama daemon at {upstream} is not reachable: {exc or type(exc).__name__}"}
-        return web.json_response(body, status=503, headers={"Retry-After": str(retry_after)})
+        down = {"error": f"ollama daemon at {upstream} is not reachable: {exc or type(exc).__name__}"}
+        return web.json_response(down, status=503, headers={"Retry-After": str(retry_after)})
     complete = False
     try:
         resp = web.StreamResponse(status=up.status, reason=up.reason)
