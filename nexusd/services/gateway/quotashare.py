@@ -31,6 +31,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 PREFIX = "/nexus/quota/"
 MINUTE = 60.0
+PRESENCE = "-"  # `/nexus/quota/-/<gateway_id>`: every gateway sharing, under its lease
 
 
 @dataclass
@@ -82,6 +83,10 @@ class QuotaShare:
         self._client: Any = None
         self._lease: Any = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self._factory is not None
 
     # --- counting and admission ----------------------------------------------------------
     def add(self, key_id: str, requests: int = 0, tokens: int = 0) -> None:
@@ -150,6 +155,8 @@ class QuotaShare:
             await self._client.connect()
         if self._lease is None:
             self._lease = await self._client.lease(self.ttl)
+            # Presence, so the others count us before we serve a limited key (key ids are hex).
+            await self._client.put(f"{PREFIX}{PRESENCE}/{self.gateway_id}".encode(), b"{}", lease=self._lease)
             self._dirty = set(self.own)  # resync: the old lease took our records with it
         now_minute = int(self.clock() // MINUTE)
         for key_id in sorted(self._dirty):
@@ -165,7 +172,7 @@ class QuotaShare:
             key_id, _, gateway = kv.key.decode()[len(PREFIX):].rpartition("/")
             value = kv.value
             gateways.add(gateway)
-            if gateway != self.gateway_id:
+            if gateway != self.gateway_id and key_id != PRESENCE:
                 others.setdefault(key_id, {})[gateway] = Counts.parse(json.loads(value))
         self.others, self.gateways_seen, self.connected = others, len(gateways), True
 
