@@ -12,8 +12,8 @@ stream whose upstream sends no usage keeps its whole reservation (it can only ov
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from typing import Any
 
 from aiohttp import web
@@ -26,16 +26,15 @@ from nexusd.services.gateway.ratelimit import retry_after
 RESERVED = "nexus.quota.reserved"  # request key: tokens this request holds
 DEFAULT_MAX_TOKENS = 256
 BYTES_PER_TOKEN = 4
+_MAX_TOKENS = re.compile(rb'"(max_completion_tokens|max_tokens)"\s*:\s*(\d+)')
 
 
 def estimate(body: bytes) -> int:
-    try:
-        doc: Any = json.loads(body) if body else {}
-    except ValueError:
-        doc = {}
-    limit = doc.get("max_completion_tokens") or doc.get("max_tokens") if isinstance(doc, dict) else None
-    completion = limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
-    return len(body) // BYTES_PER_TOKEN + completion
+    """Found with a regex, not a parse (the body was validated as JSON already): the request
+    path pays a few µs, not a second json.loads. max_completion_tokens wins over max_tokens."""
+    found = dict(_MAX_TOKENS.findall(body))
+    limit = int(found.get(b"max_completion_tokens") or found.get(b"max_tokens") or 0)
+    return len(body) // BYTES_PER_TOKEN + (limit or DEFAULT_MAX_TOKENS)
 
 
 class Quotas:

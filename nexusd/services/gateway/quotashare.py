@@ -1,5 +1,5 @@
 """Per-key consumption shared by every gateway through etcd, so a key's per-minute limits hold
-for the sum of all gateways instead of per process (issue 18; not yet wired into the proxy).
+for the sum of all gateways instead of per process (issue 18; used by quotas.py for `tpm`).
 
 Each gateway counts its own requests and tokens per key in fixed UTC minutes and, every
 `period` seconds (≤ 1 s), writes one aggregated record per key that changed to
@@ -53,10 +53,12 @@ class Counts:
     def estimate(self, now: float) -> tuple[float, float]:
         """Sliding-minute usage at `now`: (requests, tokens)."""
         minute = int(now // MINUTE)
-        counts = Counts(self.minute, list(self.requests), list(self.tokens))
-        counts.roll(minute)
         weight = 1.0 - (now - minute * MINUTE) / MINUTE
-        return (counts.requests[1] + counts.requests[0] * weight, counts.tokens[1] + counts.tokens[0] * weight)
+        if minute == self.minute:
+            return self.requests[1] + self.requests[0] * weight, self.tokens[1] + self.tokens[0] * weight
+        if minute == self.minute + 1:  # our current minute is the previous one now
+            return self.requests[1] * weight, self.tokens[1] * weight
+        return 0.0, 0.0
 
     def record(self) -> dict[str, Any]:
         return {"minute": self.minute, "requests": self.requests, "tokens": self.tokens}
