@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nexusd.services import service_names
 from nexusd.units.install import install
 from nexusd.units.local import listen_url, parse_unit, scan, values
 
@@ -40,7 +41,7 @@ def test_scan_follows_dropins_links_and_env_files(tmp_path: Path):
     (units / "nexus-mine.service").write_text("[Service]\nExecStart=/usr/bin/mine run x\n")  # not ours
 
     found = {s.name: s for s in scan(str(units), str(config))}
-    assert set(found) == {"gateway", "images", "ollama", "template", "tts"}  # no etcd, no admin unit
+    assert set(found) == set(service_names())  # every service; no etcd, no admin unit
     assert found["images"].enabled and found["images"].url == "http://127.0.0.1:17860"
     assert found["gateway"].enabled and found["gateway"].urls == {
         "api": "http://127.0.0.1:8800", "obs": "http://127.0.0.1:8801"}
