@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--json", help="write the results here too")
-    ap.add_argument("--targets", default="direct,bare-proxy,gateway")
+    ap.add_argument("--targets", default="direct,bare-proxy,gateway,gateway-limited")
     ap.add_argument("--workloads", default="chat,sse50")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
@@ -133,7 +133,10 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
     key, record = new_key("bench")
-    write_keys(tmp / "api-keys", [record])
+    # gateway-limited: the same gateway with a key that has a token quota too high to bite, so
+    # every request pays the quota bookkeeping (reserve, settle, x-ratelimit-* headers)
+    limited_key, limited = new_key("bench-limited", tpm=10**12)
+    write_keys(tmp / "api-keys", [record, limited])
     bport, pport, gport, oport = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_") and not k.endswith("_BASE_URL")}
     procs = []
@@ -156,7 +159,8 @@ def main() -> None:
         wait_ok(f"http://127.0.0.1:{pport}/v1/chat/completions")
         wait_ok(f"http://127.0.0.1:{gport}/v1/chat/completions", auth)
         targets = [("direct", bport, backend.pid, {}), ("bare-proxy", pport, bare.pid, {}),
-                   ("gateway", gport, gateway.pid, auth)]
+                   ("gateway", gport, gateway.pid, auth),
+                   ("gateway-limited", gport, gateway.pid, {"Authorization": f"Bearer {limited_key}"})]
         results = []
         targets = [t for t in targets if t[0] in args.targets.split(",")]
         spy = None
@@ -194,7 +198,13 @@ def summarize(results: list[dict]) -> None:
         print(f"| {r['workload']} | {r['conns']} | {r['target']} | {r['req_s']} | {r['cpu_us_per_req']} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {ev} | {r['rss_mib']} |")
     print()
-    if {r["target"] for r in results} != {"direct", "bare-proxy", "gateway"}:
+    for workload in sorted({r["workload"] for r in results}):
+        for conns in sorted({r["conns"] for r in results}):
+            lim, gw = by.get(("gateway-limited", workload, conns)), by.get(("gateway", workload, conns))
+            if lim and gw:
+                print(f"{workload} x{conns}: quota bookkeeping (gateway-limited/gateway) CPU/req "
+                      f"{lim['cpu_us_per_req'] / gw['cpu_us_per_req']:.3f}x (goal <= 1.05)")
+    if not {"direct", "bare-proxy", "gateway"} <= {r["target"] for r in results}:
         return
     for workload in sorted({r["workload"] for r in results}):
         conns = max(r["conns"] for r in results)

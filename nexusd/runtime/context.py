@@ -3,6 +3,7 @@ and the shared HTTP client."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,11 @@ if TYPE_CHECKING:
 
 
 def new_instance_id(service: str) -> str:
+    """`<service>-<host>-<random>`, and `@N` for instance N of a template unit (its unit sets
+    NEXUS_INSTANCE=%i: nexusd/units/instances.py), so `template@1` is told apart at a glance."""
     host = socket.gethostname().split(".")[0]
-    return f"{service}-{host}-{secrets.token_hex(4)}"
+    instance = os.environ.get("NEXUS_INSTANCE", "")
+    return f"{service}-{host}-{secrets.token_hex(4)}" + (f"@{instance}" if instance else "")
 
 
 class Runtime:

@@ -10,6 +10,8 @@
   when the class sets `socket_activation = True`: one ListenStream= per `listeners()` entry,
   named with FileDescriptorName=<listener name> (systemd allows one name per socket unit);
 - `nexus.target`, which every unit is `WantedBy=`;
+- `nexus-<service>@.service` / `@.socket`: instance templates; `--instances SERVICE=LIST` adds
+  each instance's drop-ins (ports, CUDA_VISIBLE_DEVICES): nexusd/units/instances.py;
 - `nexus-etcd.service`, the host's local etcd that every service `Wants=` (unless `--no-etcd`),
   and every service unit reads `/etc/nexus/common.env` (NEXUS_ETCD_ENDPOINTS) before its own env
   file: nexusd/units/etcd.py. nexusd/units/local.py reads installed units back (the gateway

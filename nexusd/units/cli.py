@@ -29,9 +29,23 @@ def write_tree(out: Path, files: dict[str, str]) -> list[Path]:
     return written
 
 
+def _instances(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, int]]:
+    from nexusd.units.instances import parse_instances, parse_port_bases
+
+    return parse_instances(args.instances), parse_port_bases(args.port_base)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    from nexusd.units.instances import InstanceError
+
     groups = [g for g in args.groups.split(",") if g] if args.groups else []
-    files = render_all(args.nexusd, groups, args.service or None, etcd=None if args.no_etcd else args.etcd)
+    try:
+        instances, bases = _instances(args)
+        files = render_all(args.nexusd, groups, args.service or None, etcd=None if args.no_etcd else args.etcd,
+                           instances=instances, port_bases=bases)
+    except InstanceError as exc:
+        print(f"nexusd units: {exc}", file=sys.stderr)
+        return 2
     if args.out is None:
         for rel, text in files.items():
             print(f"### {rel}\n{text}")
@@ -59,17 +73,31 @@ def cmd_packaging(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace, uninstall: bool) -> int:
     from nexusd.units import install
+    from nexusd.units.instances import InstanceError
 
     try:
         if uninstall:
             report = install.uninstall(Path(args.root), args.nexusd)
         else:
-            report = install.install(Path(args.root), args.nexusd, etcd=not args.no_etcd)
+            instances, bases = _instances(args)
+            report = install.install(Path(args.root), args.nexusd, etcd=not args.no_etcd,
+                                     instances=instances, port_bases=bases)
+    except InstanceError as exc:
+        print(f"nexusd units: {exc}", file=sys.stderr)
+        return 2
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"nexusd units: {exc}", file=sys.stderr)
         return 1
     print("\n".join(report.lines()))
     return 0
+
+
+def _instance_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", action="append", metavar="SERVICE=LIST",
+                   help="instance units nexus-SERVICE@N for N in LIST (e.g. ollama=0-3, tts=0,2): their "
+                        "ports and CUDA_VISIBLE_DEVICES=N in drop-ins (repeatable)")
+    p.add_argument("--port-base", action="append", metavar="SERVICE=PORT",
+                   help="first port of SERVICE's instances (default: its port + 100; repeatable)")
 
 
 def add_parser(subparsers) -> None:
@@ -82,6 +110,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--service", action="append", help="only this service (repeatable)")
     p.add_argument("--etcd", default=DEFAULT_ETCD, help="the local etcd's binary (default %(default)s)")
     p.add_argument("--no-etcd", action="store_true", help="no local etcd unit (nexus-etcd.service)")
+    _instance_options(p)
     p.set_defaults(func=cmd_render)
     p = sub.add_parser("packaging", help="write sysusers.d, tmpfiles.d and env examples for packagers")
     p.add_argument("--out", default="packaging", help="directory (default %(default)s)")
@@ -95,4 +124,5 @@ def add_parser(subparsers) -> None:
         if not undo:
             p.add_argument("--no-etcd", action="store_true",
                            help="no local etcd: the gateway finds the services of this host from their units")
+            _instance_options(p)
         p.set_defaults(func=lambda a, undo=undo: _install(a, undo))

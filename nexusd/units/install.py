@@ -72,9 +72,10 @@ def _ours(path: Path) -> bool:
         return False
 
 
-def _generated(root: Path, nexusd: str, etcd: str | None) -> dict[Path, str]:
-    files = {root / UNIT_DIR / rel: text
-             for rel, text in render_all(nexusd, host_groups(root), etcd=etcd).items()}
+def _generated(root: Path, nexusd: str, etcd: str | None, instances: dict[str, list[int]] | None = None,
+               port_bases: dict[str, int] | None = None) -> dict[Path, str]:
+    rendered = render_all(nexusd, host_groups(root), etcd=etcd, instances=instances, port_bases=port_bases)
+    files = {root / UNIT_DIR / rel: text for rel, text in rendered.items()}
     files[root / SYSUSERS_FILE] = SYSUSERS
     files[root / TMPFILES_FILE] = TMPFILES
     return files
@@ -147,12 +148,23 @@ def _write_private(path: Path, text: str, report: Report) -> None:
     report.written.append(path)
 
 
-def install(root: Path = Path("/"), nexusd: str | None = None, etcd: bool = True) -> Report:
+def install(root: Path = Path("/"), nexusd: str | None = None, etcd: bool = True,
+            instances: dict[str, list[int]] | None = None, port_bases: dict[str, int] | None = None) -> Report:
+    """`instances`: service → numbers: their drop-ins are written, and our drop-ins of other
+    instances of those services removed (the list given is the whole set); other services'
+    instances stay as an earlier install left them."""
     report = Report()
     binary, endpoint = plan_etcd(root, etcd, report)
     if binary is None:  # a local etcd unit from an earlier install must go, and its links
         _remove_local_etcd(root, report)
-    for path, text in _generated(root, nexusd or default_nexusd(), binary).items():
+    generated = _generated(root, nexusd or default_nexusd(), binary, instances, port_bases)
+    for path in _instance_dropins(root, set(instances or {})):
+        if path not in generated:
+            path.unlink()
+            report.removed.append(path)
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
+    for path, text in generated.items():
         if path.exists() and not _ours(path):
             report.kept.append(path)
             continue
@@ -174,6 +186,20 @@ def install(root: Path = Path("/"), nexusd: str | None = None, etcd: bool = True
     return report
 
 
+def _instance_dropins(root: Path, services: set[str] | None) -> list[Path]:
+    """Our instance.conf drop-ins (of these services; None: all) under root's unit directory."""
+    found = sorted((root / UNIT_DIR).glob("nexus-*@*.*.d/instance.conf"))
+    return [p for p in found if _ours(p) and (services is None or _service_of(p.parent.name) in services)]
+
+
+def _service_of(dropin_dir: str) -> str:
+    """`nexus-gateway-obs@1.socket.d` → `gateway` (a listener's socket belongs to its service)."""
+    from nexusd.services import service_names
+
+    stem = dropin_dir.removeprefix("nexus-").split("@", 1)[0]
+    return max((s for s in service_names() if stem == s or stem.startswith(s + "-")), key=len, default=stem)
+
+
 def _remove_local_etcd(root: Path, report: Report) -> None:
     path = root / UNIT_DIR / local_etcd.UNIT
     if not (path.exists() and _ours(path)):
@@ -190,12 +216,16 @@ def uninstall(root: Path = Path("/"), nexusd: str | None = None) -> Report:
     report = Report()
     # Everything any install may have written, the local etcd included.
     files = _generated(root, nexusd or default_nexusd(), local_etcd.DEFAULT_ETCD)
-    units = [p.name for p in files if p.parent == root / UNIT_DIR and p.suffix in (".service", ".socket", ".target")]
+    files.update({path: "" for path in _instance_dropins(root, None)})  # every instance's drop-ins
+    names = [p.name for p in files if p.parent == root / UNIT_DIR and p.suffix in (".service", ".socket", ".target")]
+    templates = [n for n in names if "@." in n]  # disabling a template unlinks all its instances
+    units = [n for n in names if n not in templates]
+    units += sorted({p.parent.name.removesuffix(".d") for p in _instance_dropins(root, None)})
     if systemd_running(root) and units:
         # Stop and unlink first, while systemd still has the unit files.
-        subprocess.run(["systemctl", "disable", "--now", *units], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        report.commands.append("systemctl disable --now " + " ".join(units))
+        for cmd in (["disable", "--now", *units], ["disable", *templates]):
+            subprocess.run(["systemctl", *cmd], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            report.commands.append("systemctl " + " ".join(cmd))
     for path in files:
         if path.exists():
             if _ours(path):

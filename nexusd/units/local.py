@@ -54,22 +54,35 @@ def parse_unit(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def _dropins(unit: str, dirs: list[Path]) -> list[Path]:
-    """`<unit>.d/*.conf` over the directories; the same file name in an earlier one wins."""
+def _dropins(units: list[str], dirs: list[Path]) -> list[Path]:
+    """`<unit>.d/*.conf` over the units and directories; the same file name in an earlier one wins."""
     chosen: dict[str, Path] = {}
-    for d in dirs:
-        for conf in sorted((d / f"{unit}.d").glob("*.conf")):
-            chosen.setdefault(conf.name, conf)
+    for unit in units:
+        for d in dirs:
+            for conf in sorted((d / f"{unit}.d").glob("*.conf")):
+                chosen.setdefault(conf.name, conf)
     return [chosen[n] for n in sorted(chosen)]
 
 
+def _template(unit: str) -> tuple[str, str] | None:
+    """`nexus-x@1.socket` → (`nexus-x@.socket`, "1"); None for a plain unit or a template."""
+    m = re.fullmatch(r"(.+@)([^.]+)(\.\w+)", unit)
+    return (m[1] + m[3], m[2]) if m else None
+
+
 def effective(unit: str, unit_dir: Path, dirs: list[Path]) -> list[tuple[str, str, str]]:
+    """An instance (`nexus-x@N.service`) is its template's file with `%i` = N, and the template's
+    drop-ins and its own (its own win for the same file name), as systemd reads it."""
+    template = _template(unit)
+    file, names = (template[0], [unit, template[0]]) if template else (unit, [unit])
     items: list[tuple[str, str, str]] = []
-    for path in [unit_dir / unit, *_dropins(unit, dirs)]:
+    for path in [unit_dir / file, *_dropins(names, dirs)]:
         try:
             items += parse_unit(path.read_text())
         except OSError:
             continue
+    if template:
+        items = [(sec, k, v.replace("%i", template[1])) for sec, k, v in items]
     return items
 
 
@@ -122,21 +135,26 @@ def scan(unit_dir: str = UNIT_DIR, config_dir: str = CONFIG_DIR) -> list[LocalSe
     dirs = [root] + ([Path(RUNTIME_UNIT_DIR)] if unit_dir == UNIT_DIR else [])
     try:
         enabled = enabled_units(root)
-        candidates = sorted(root.glob("nexus-*.service"))
+        candidates = [p.name for p in sorted(root.glob("nexus-*.service")) if "@." not in p.name]
     except OSError:
         return []
+    # Instances exist once enabled (a link nexus-x@N.service or its socket); their file is the template.
+    instances = {f"{u.rsplit('.', 1)[0]}.service" for u in enabled if _template(u)}
+    candidates += sorted(u for u in instances if (root / _template(u)[0]).exists())  # type: ignore[index]
     found = []
-    for path in candidates:
+    for name in candidates:
+        template = _template(name)
         try:
-            text = path.read_text()
+            text = (root / (template[0] if template else name)).read_text()
         except OSError:
             continue
-        items = effective(path.name, root, dirs)
+        items = effective(name, root, dirs)
         starts = values(items, "Service", "ExecStart")
         m = _RUN.search(starts[-1]) if starts and MARKER in text[:4096] else None
         if m is None:
             continue  # not a nexusd service unit (the local etcd, an admin's own unit)
-        service = LocalService(m.group(1), enabled=path.name in enabled)
+        # An instance is its own entry (`template@1`): the gateway routes to each.
+        service = LocalService(m.group(1) + (f"@{template[1]}" if template else ""), enabled=name in enabled)
         sockets = [s for also in values(items, "Install", "Also") for s in also.split() if s.endswith(".socket")]
         for sock in sockets:
             sock_items = effective(sock, root, dirs)

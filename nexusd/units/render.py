@@ -119,14 +119,17 @@ def _sandbox(ctx: UnitContext) -> list[str]:
     return out
 
 
-def service_unit(cls: type[Service], ctx: UnitContext, local_etcd: bool = False) -> str:
+def service_unit(cls: type[Service], ctx: UnitContext, local_etcd: bool = False, instance: bool = False) -> str:
+    """nexus-<service>.service, or with `instance` the template nexus-<service>@.service whose
+    instance N (`%i`) reads <service>@N.env last and gets its ports from a drop-in (instances.py)."""
     s = ctx.settings
-    sockets = socket_units(cls, ctx)
+    sockets = [_instance_of(n) for n in socket_units(cls, ctx, instance)]
     etcd = f" {ETCD_UNIT}" if local_etcd else ""  # registration needs it up first
     own = "".join(" " + n for n in sockets)
+    what = f"nexusd {ctx.service}" + (" instance %i" if instance else "")
     unit = [
         "[Unit]",
-        f"Description=nexusd {ctx.service}: {cls.description}" if cls.description else f"Description=nexusd {ctx.service}",
+        f"Description={what}: {cls.description}" if cls.description else f"Description={what}",
         "# Its sockets too: `systemctl start` of the service alone must not bind the port itself,",
         "# or the socket units, started later (nexus.target), fail with the port taken.",
         f"Wants=network-online.target{etcd}{own}",
@@ -142,6 +145,9 @@ def service_unit(cls: type[Service], ctx: UnitContext, local_etcd: bool = False)
         "# Settings all services share (NEXUS_ETCD_ENDPOINTS), then the service's own.",
         f"EnvironmentFile=-{ctx.config_dir}/{COMMON_ENV}",
         f"EnvironmentFile=-{ctx.env_file}",
+        *([f"EnvironmentFile=-{ctx.config_dir}/{ctx.service}@%i.env",
+           "# The instance id the service registers with ends in @<instance>.",
+           "Environment=NEXUS_INSTANCE=%i"] if instance else []),
         "Restart=on-failure", "RestartSec=2s",
         "# 78 = EX_CONFIG: a bad configuration must not restart in a loop.",
         "RestartPreventExitStatus=78",
@@ -159,32 +165,43 @@ def service_unit(cls: type[Service], ctx: UnitContext, local_etcd: bool = False)
     install = ["", "[Install]", "WantedBy=nexus.target"]
     if sockets:
         install.append(f"Also={' '.join(sockets)}")
-    return HEADER.format(unit=ctx.unit + ".service") + "\n".join(unit + svc + install) + "\n"
+    name = f"{ctx.unit}{'@' if instance else ''}.service"
+    return HEADER.format(unit=name) + "\n".join(unit + svc + install) + "\n"
 
 
-def socket_units(cls: type[Service], ctx: UnitContext) -> list[str]:
-    """One socket unit per listener: systemd allows one FileDescriptorName= per socket unit."""
+def socket_units(cls: type[Service], ctx: UnitContext, instance: bool = False) -> list[str]:
+    """One socket unit per listener: systemd allows one FileDescriptorName= per socket unit.
+    With `instance`, the templates' file names (`nexus-gateway-obs@.socket`)."""
     if not cls.socket_activation:
         return []
-    return [f"{ctx.unit}.socket" if i == 0 else f"{ctx.unit}-{lst.name}.socket"
+    at = "@" if instance else ""
+    return [f"{ctx.unit}{at}.socket" if i == 0 else f"{ctx.unit}-{lst.name}{at}.socket"
             for i, lst in enumerate(ctx.listeners)]
 
 
-def _listen_address(listener: Listener) -> str:
+def _instance_of(template: str) -> str:
+    """`nexus-x@.socket` → `nexus-x@%i.socket` (the same instance of another template)."""
+    return template.replace("@.", "@%i.")
+
+
+def listen_address(listener: Listener) -> str:
     host = f"[{listener.host}]" if ":" in listener.host else listener.host
     return f"{host}:{listener.port}" if host not in ("", "0.0.0.0", "[::]") else str(listener.port)
 
 
-def socket_unit(ctx: UnitContext, listener: Listener, name: str) -> str:
+def socket_unit(ctx: UnitContext, listener: Listener, name: str, instance: bool = False) -> str:
+    listen = ["# No ListenStream= here: systemd cannot compute a port from %i. Each instance's",
+              "# comes from its drop-in, nexus-<unit>@<N>.socket.d/instance.conf, written by",
+              "# `nexusd units render|install --instances SERVICE=LIST` (an instance without one fails)."]
     lines = [
         "[Unit]",
-        f"Description=nexusd {ctx.service} {listener.name} socket",
+        f"Description=nexusd {ctx.service} {listener.name} socket" + (" instance %i" if instance else ""),
         "PartOf=nexus.target",
         "", "[Socket]",
         "# systemd holds the socket across restarts: connections queue instead of being refused.",
-        f"ListenStream={_listen_address(listener)}",
+        *(listen if instance else [f"ListenStream={listen_address(listener)}"]),
         f"FileDescriptorName={listener.name}",
-        f"Service={ctx.unit}.service",
+        f"Service={ctx.unit}{'@%i' if instance else ''}.service",
         "NoDelay=yes",
         "", "[Install]", "WantedBy=nexus.target sockets.target",
     ]
@@ -204,13 +221,21 @@ def target_unit(units: list[str]) -> str:
 
 
 def render_service(cls: type[Service], ctx: UnitContext, local_etcd: bool = False) -> dict[str, str]:
-    files = {f"{ctx.unit}.service": service_unit(cls, ctx, local_etcd)}
-    for name, listener in zip(socket_units(cls, ctx), ctx.listeners, strict=False):
-        files[name] = socket_unit(ctx, listener, name)
+    """The plain units, the instance templates (`nexus-<service>@.service`, `@.socket`) and the
+    service's extra files; a drop-in of the plain service applies to the template too."""
+    files = {f"{ctx.unit}.service": service_unit(cls, ctx, local_etcd),
+             f"{ctx.unit}@.service": service_unit(cls, ctx, local_etcd, instance=True)}
+    for instance in (False, True):
+        for name, listener in zip(socket_units(cls, ctx, instance), ctx.listeners, strict=False):
+            files[name] = socket_unit(ctx, listener, name, instance)
+    own_dropin = f"{ctx.unit}.service.d/"
     for path, content in cls.extra_unit_files(ctx).items():
         if path in files or path.startswith("/") or ".." in path.split("/"):
             raise ValueError(f"{cls.__name__}.extra_unit_files: bad path {path!r}")
-        files[path] = f"{MARKER} ({cls.__name__}.extra_unit_files): do not edit.\n" + content
+        text = f"{MARKER} ({cls.__name__}.extra_unit_files): do not edit.\n" + content
+        files[path] = text
+        if path.startswith(own_dropin):
+            files[f"{ctx.unit}@.service.d/" + path[len(own_dropin):]] = text
     return files
 
 
@@ -224,15 +249,24 @@ def local_etcd_unit(binary: str) -> str:
 
 
 def render_all(nexusd: str = DEFAULT_NEXUSD, groups: list[str] | None = None,
-               services: list[str] | None = None, etcd: str | None = DEFAULT_ETCD) -> dict[str, str]:
+               services: list[str] | None = None, etcd: str | None = DEFAULT_ETCD,
+               instances: dict[str, list[int]] | None = None,
+               port_bases: dict[str, int] | None = None) -> dict[str, str]:
     """Every registered service's files plus nexus.target: relative path → content. `etcd`: the
-    etcd binary of the local nexus-etcd.service (None: no local etcd, e.g. `--no-etcd`)."""
+    etcd binary of the local nexus-etcd.service (None: no local etcd, e.g. `--no-etcd`).
+    `instances`: service → instance numbers, whose drop-ins (ports) instances.py adds."""
+    from nexusd.units.instances import render_instances
+
     files: dict[str, str] = {}
     if etcd and not services:
         files[ETCD_UNIT] = local_etcd_unit(etcd)
+    contexts = {}
     for name in services or service_names():
         cls = load_service(name)
-        files.update(render_service(cls, context(cls, nexusd, groups), local_etcd=bool(etcd)))
+        contexts[name] = (cls, context(cls, nexusd, groups))
+        files.update(render_service(cls, contexts[name][1], local_etcd=bool(etcd)))
+    if instances:
+        files.update(render_instances(contexts, files, instances, port_bases or {}))
     units = sorted(p for p in files if "/" not in p and p.endswith((".service", ".socket")))
     files["nexus.target"] = target_unit(units)
     return dict(sorted(files.items()))

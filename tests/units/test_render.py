@@ -57,15 +57,24 @@ def test_render_out_removes_stale_generated_files(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_prints_nothing(tmp_path):
-    files = render_all(nexusd=nexusd_binary(), etcd=find_etcd() or pytest.skip("no etcd binary"))
+    # Instance 0 of every service too: the templates are verified as nexus-<svc>@0 with the
+    # drop-ins `--instances` writes (a template alone has no ListenStream=: no port for %i).
+    files = render_all(nexusd=nexusd_binary(), etcd=find_etcd() or pytest.skip("no etcd binary"),
+                       instances={name: [0] for name in service_names()})
     write_tree(tmp_path, files)
+    for rel in files:
+        if rel.endswith("/instance.conf"):
+            unit = rel.split("/")[0].removesuffix(".d")  # nexus-x@0.socket → a link to nexus-x@.socket
+            (tmp_path / unit).symlink_to(unit.split("@")[0] + "@." + unit.rsplit(".", 1)[1])
     # A drop-in for a unit we do not ship (e.g. ollama.service.d/) is verified on a stub unit.
     for rel in files:
         if "/" in rel and rel.split("/")[0].endswith(".d"):
             stub = tmp_path / rel.split("/")[0].removesuffix(".d")
             if not stub.exists():
                 stub.write_text("[Service]\nExecStart=/bin/true\n")
-    units = sorted(str(p) for p in tmp_path.iterdir() if p.suffix in (".service", ".socket", ".target"))
+    units = sorted(str(p) for p in tmp_path.iterdir()
+                   if p.suffix in (".service", ".socket", ".target") and "@." not in p.name)
+    assert any("@0." in u for u in units)
     proc = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     # verify exits 0 on unknown keys and bad values, so any output at all is a failure.
@@ -102,7 +111,7 @@ def test_limits_and_timeouts_follow_metadata(name):
 def test_one_socket_unit_per_listener(name):
     cls = load_service(name)
     files = render_all(services=[name])
-    sockets = {k: v for k, v in files.items() if k.endswith(".socket")}
+    sockets = {k: v for k, v in files.items() if k.endswith(".socket") and "@." not in k}  # templates: test_instances
     if not cls.socket_activation:
         assert sockets == {}
         return

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from nexusd.runtime import Capabilities, Endpoint, Listener, ModelInfo, Resources, Service
+from nexusd.runtime.etcd import etcd_client
 from nexusd.runtime.settings import ConfigError
 from nexusd.runtime.tls import client_context, server_context
 from nexusd.services.gateway import diagnosis
@@ -32,6 +33,8 @@ from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
 from nexusd.services.gateway.multipart import MultipartRelay
 from nexusd.services.gateway.proxy import Proxy
+from nexusd.services.gateway.quotas import Quotas
+from nexusd.services.gateway.quotashare import QuotaShare
 from nexusd.services.gateway.ratelimit import FileRouteLimits, RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings, split_list
@@ -72,6 +75,8 @@ class GatewayService(Service):
         self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token, ssl=backend_tls)
         self.proxy.table.explain = self._explain
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
+        self.proxy.quotas = Quotas(QuotaShare(  # per-key token quotas, summed over every gateway via etcd
+            runtime.instance_id, (lambda: etcd_client(shared)) if shared.etcd_endpoint_list else None))
         self.aggregation = Aggregation(self)
         self.etcd: EtcdDiscovery | None = None
         if shared.etcd_endpoint_list:
@@ -152,7 +157,7 @@ class GatewayService(Service):
         return {"discovery": self._discovery_ready}
 
     def extra_metadata(self) -> dict[str, Any]:
-        return {**self.aggregation.report(), **diagnosis.report(self)}
+        return {**self.aggregation.report(), **diagnosis.report(self), "quotas": self.proxy.quotas.report()}
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,6 +165,7 @@ class GatewayService(Service):
         self._load_keys()
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
+        self.proxy.quotas.share.start()
         await self.instances.start()
         add_static(self.instances, self.settings.static_backends or {})
         if self.etcd is not None:
@@ -184,6 +190,7 @@ class GatewayService(Service):
         if self.etcd is not None:
             await self.etcd.stop()
         await self.instances.stop()
+        await self.proxy.quotas.share.stop()
         await self.proxy.stop()
 
     async def reload(self) -> None:

@@ -60,7 +60,7 @@ def _add(args: argparse.Namespace, path: Path) -> int:
             print(f"nexusd keys: --expires: not a date or duration: {args.expires!r}", file=sys.stderr)
             return 2
     plaintext, record = new_key(args.name, operations=_split(args.ops), models=_split(args.models),
-                                rpm=args.rpm, expires=expires)
+                                rpm=args.rpm, expires=expires, tpm=args.tpm)
     write_keys(path, [*keys.values(), record])
     print(plaintext)
     return 0
@@ -118,6 +118,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ops", nargs="+", help="allowed operation ids (default: all)")
     p.add_argument("--models", nargs="+", help="allowed model ids or aliases (default: all)")
     p.add_argument("--rpm", type=_positive, help="requests per minute (default: unlimited)")
+    p.add_argument("--tpm", type=_positive, help="tokens per minute over every gateway (default: unlimited)")
     p.add_argument("--expires", help="ISO date/time (UTC) or a duration such as 30d, 12h")
     p.set_defaults(func=_guard(cmd_add))
     p = sub.add_parser("list", parents=[common], help="list keys (never the secrets)")

@@ -47,6 +47,7 @@ class ApiKey:
     models: frozenset[str] | None = None
     rpm: int | None = None
     expires: float | None = None  # epoch seconds
+    tpm: int | None = None  # tokens per minute, summed over every gateway (quotas.py)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.id, "sha256": self.sha256, "name": self.name}
@@ -56,6 +57,8 @@ class ApiKey:
             doc["models"] = sorted(self.models)
         if self.rpm is not None:
             doc["rpm"] = self.rpm
+        if self.tpm is not None:
+            doc["tpm"] = self.tpm
         if self.expires is not None:
             doc["expires"] = datetime.fromtimestamp(self.expires, UTC).isoformat()
         return doc
@@ -69,6 +72,7 @@ class ApiKey:
             models=frozenset(models) if models is not None else None,
             rpm=int(doc["rpm"]) if doc.get("rpm") is not None else None,
             expires=parse_expiry(expires) if expires is not None else None,
+            tpm=int(doc["tpm"]) if doc.get("tpm") is not None else None,
         )
         if len(key.sha256) != 64 or any(c not in "0123456789abcdef" for c in key.sha256):
             raise ValueError("sha256 must be 64 hex characters")

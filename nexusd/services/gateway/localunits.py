@@ -29,7 +29,7 @@ class LocalUnitsDiscovery:
         self._task: asyncio.Task[None] | None = None
 
     def rescan(self) -> None:
-        self.found = [s for s in scan(self.unit_dir, self.config_dir) if s.name != "gateway"]
+        self.found = [s for s in scan(self.unit_dir, self.config_dir) if s.name.split("@")[0] != "gateway"]
         wanted = {f"unit:{s.name}": s.url for s in self.found if s.enabled and s.url}
         for source in self.instances.sources("unit:"):
             inst = next(i for i in self.instances.instances.values() if source in i.sources)

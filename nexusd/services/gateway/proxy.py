@@ -27,6 +27,7 @@ from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
 from nexusd.services.gateway.instances import Instance
 from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
+from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.routing import Route, RoutingTable
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Proxy:
         self.internal_token = internal_token
         self.session: aiohttp.ClientSession | None = None
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self.quotas = Quotas()  # the gateway gives it its etcd-shared counts
         # Headers every upstream request carries, built once. A User-Agent of our own rather
         # than the session's skip_auto_headers: that option costs aiohttp a CIMultiDict build,
         # a sort and a copy per request (~1.6 µs in bench/gateway's profile).
@@ -126,6 +128,7 @@ class Proxy:
         instances, model_id = self.table.candidates(route, model)
         key = request[API_KEY]
         check_scope(key, route.operation_id, model_id, model)
+        self.quotas.admit(request, key, body)
         if stream and not route.streaming:
             raise ApiError(400, f"{route.operation_id} does not support stream=true", param="stream",
                            code="streaming_unsupported")
@@ -216,11 +219,16 @@ class Proxy:
             except (aiohttp.ClientError, TimeoutError):
                 self.balancer.failed(inst, connect=False)
                 raise ApiError(502, "Upstream closed the connection mid-response", code="upstream_error") from None
-            if status == 200:
-                usage = _usage(data)
-                if usage:
-                    self.metrics.add_tokens(key.name, usage)
+            usage = _usage(data) if status == 200 else None
+            if usage:
+                self.metrics.add_tokens(key.name, usage)
+            if key.tpm:
+                self.quotas.settle(request, key, usage, failed=status >= 400)
+                headers.update(self.quotas.headers(key))
             return web.Response(body=data, status=status, headers=headers)
+        if key.tpm:
+            self.quotas.settle(request, key, None, failed=status >= 400)
+            headers.update(self.quotas.headers(key))
         return await self.relay_stream(request, resp, inst, op, key, headers, sse)
 
     async def relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance,
@@ -252,6 +260,7 @@ class Proxy:
                         if usage:
                             look = False
                             self.metrics.add_tokens(key.name, usage)
+                            self.quotas.settle(request, key, usage, failed=False)
                         pending = b""
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 TimeoutError) as exc:

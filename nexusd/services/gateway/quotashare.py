@@ -1,0 +1,208 @@
+"""Per-key consumption shared by every gateway through etcd, so a key's per-minute limits hold
+for the sum of all gateways instead of per process (issue 18; used by quotas.py for `tpm`).
+
+Each gateway counts its own requests and tokens per key in fixed UTC minutes and, every
+`period` seconds (≤ 1 s), writes one aggregated record per key that changed to
+`/nexus/quota/<key_id>/<gateway_id>` under its own lease (never a write per request). It then
+reads the whole prefix and admits against the global sum: its own live counts plus the others'
+last records. A gateway that dies stops refreshing its lease: its records expire with it
+(TTL `ttl`). When etcd cannot be reached, each gateway admits against `limit ÷ gateways it last
+saw` with its own counts only, and publishes everything again once etcd answers (resync).
+
+Usage in a minute is a sliding estimate: `current + previous × (1 − elapsed fraction)`, so a
+burst across a minute boundary cannot double the limit.
+
+Overshoot bound: a gateway does not see the others' admissions of the last `period` (+ one
+read), so with G gateways each admitting at most A tokens/s for a key, the global usage can pass
+the limit by at most `(G − 1) × A × period`, plus the reservations in flight whose settled usage
+exceeds their estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+PREFIX = "/nexus/quota/"
+MINUTE = 60.0
+PRESENCE = "-"  # `/nexus/quota/-/<gateway_id>`: every gateway sharing, under its lease
+
+
+@dataclass
+class Counts:
+    """One gateway's use of one key: [previous minute, current minute] of requests and tokens."""
+
+    minute: int = 0
+    requests: list[int] = field(default_factory=lambda: [0, 0])
+    tokens: list[int] = field(default_factory=lambda: [0, 0])
+
+    def roll(self, minute: int) -> None:
+        if minute == self.minute:
+            return
+        keep = minute == self.minute + 1  # the old current minute becomes the previous one
+        self.requests = [self.requests[1] if keep else 0, 0]
+        self.tokens = [self.tokens[1] if keep else 0, 0]
+        self.minute = minute
+
+    def estimate(self, now: float) -> tuple[float, float]:
+        """Sliding-minute usage at `now`: (requests, tokens)."""
+        minute = int(now // MINUTE)
+        weight = 1.0 - (now - minute * MINUTE) / MINUTE
+        if minute == self.minute:
+            return self.requests[1] + self.requests[0] * weight, self.tokens[1] + self.tokens[0] * weight
+        if minute == self.minute + 1:  # our current minute is the previous one now
+            return self.requests[1] * weight, self.tokens[1] * weight
+        return 0.0, 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {"minute": self.minute, "requests": self.requests, "tokens": self.tokens}
+
+    @classmethod
+    def parse(cls, doc: dict[str, Any]) -> Counts:
+        return cls(int(doc["minute"]), [int(x) for x in doc["requests"]], [int(x) for x in doc["tokens"]])
+
+
+class QuotaShare:
+    def __init__(self, gateway_id: str, client_factory: Callable[[], Any] | None = None, period: float = 0.5,
+                 ttl: int = 3, clock: Callable[[], float] = time.time) -> None:
+        if not 0 < period <= 1:
+            raise ValueError("period must be in (0, 1] s")
+        self.gateway_id = gateway_id
+        self.period, self.ttl, self.clock = period, ttl, clock
+        self._factory = client_factory  # None: no etcd, quotas per gateway
+        self.own: dict[str, Counts] = {}
+        self.others: dict[str, dict[str, Counts]] = {}  # key_id → gateway → counts
+        self.gateways_seen = 1
+        self.connected = client_factory is None
+        self.writes = 0  # etcd puts so far (bounded by keys × periods, not by requests)
+        self._dirty: set[str] = set()
+        self._client: Any = None
+        self._lease: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self._factory is not None
+
+    # --- counting and admission ----------------------------------------------------------
+    def add(self, key_id: str, requests: int = 0, tokens: int = 0) -> None:
+        """Own consumption: +1 request and the reserved tokens at admission; the difference
+        between actual and reserved tokens (maybe negative) when the request settles."""
+        counts = self.own.setdefault(key_id, Counts(int(self.clock() // MINUTE)))
+        counts.roll(int(self.clock() // MINUTE))
+        counts.requests[1] += requests
+        counts.tokens[1] += tokens
+        self._dirty.add(key_id)
+
+    def used(self, key_id: str) -> tuple[float, float]:
+        """Global sliding-minute (requests, tokens); own only while etcd is unreachable."""
+        now = self.clock()
+        parts = [self.own[key_id]] if key_id in self.own else []
+        if self.connected:
+            parts += list(self.others.get(key_id, {}).values())
+        sums = [c.estimate(now) for c in parts]
+        return sum(s[0] for s in sums), sum(s[1] for s in sums)
+
+    def share(self, limit: int) -> float:
+        """The part of `limit` this gateway admits against: all of it while it sees the global
+        sum, `limit ÷ gateways last seen` while etcd is unreachable."""
+        return float(limit) if self.connected else limit / max(1, self.gateways_seen)
+
+    def check(self, key_id: str, rpm: int | None, tpm: int | None, reserve: int) -> float:
+        """0 when a request reserving `reserve` tokens fits; else seconds until it may (Retry-After)."""
+        requests, tokens = self.used(key_id)
+        waits = []
+        if rpm and requests + 1 > self.share(rpm):
+            waits.append(self._wait(requests + 1 - self.share(rpm), rpm))
+        if tpm and tokens + reserve > self.share(tpm):
+            waits.append(self._wait(tokens + reserve - self.share(tpm), tpm))
+        return max(waits, default=0.0)
+
+    def _wait(self, excess: float, limit: int) -> float:
+        """The previous minute's weight decays at limit/60 per second at most: a lower bound,
+        capped at the rest of the minute plus one (the previous minute is then gone)."""
+        rest = MINUTE - self.clock() % MINUTE
+        return max(1.0, min(excess * MINUTE / limit, rest + MINUTE))
+
+    # --- etcd ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._factory is not None and self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self, revoke: bool = True) -> None:
+        """`revoke=False` leaves the lease to run out (what a killed gateway does)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._client is not None:
+            if revoke and self._lease is not None:
+                try:
+                    await asyncio.wait_for(self._lease.revoke(), 2)
+                except Exception:  # noqa: BLE001 - the lease runs out anyway
+                    pass
+            await _close(self._client)
+            self._client = self._lease = None
+
+    async def sync(self) -> None:
+        """One period: publish what changed (all after a reconnect), read everyone's records."""
+        if self._client is None:
+            self._client = self._factory()  # type: ignore[misc]
+            await self._client.connect()
+        if self._lease is None:
+            self._lease = await self._client.lease(self.ttl)
+            # Presence, so the others count us before we serve a limited key (key ids are hex).
+            await self._client.put(f"{PREFIX}{PRESENCE}/{self.gateway_id}".encode(), b"{}", lease=self._lease)
+            self._dirty = set(self.own)  # resync: the old lease took our records with it
+        now_minute = int(self.clock() // MINUTE)
+        for key_id in sorted(self._dirty):
+            counts = self.own[key_id]
+            counts.roll(now_minute)
+            await self._client.put(f"{PREFIX}{key_id}/{self.gateway_id}".encode(),
+                                   json.dumps(counts.record()).encode(), lease=self._lease)
+            self.writes += 1
+        self._dirty.clear()
+        others: dict[str, dict[str, Counts]] = {}
+        gateways = {self.gateway_id}
+        for kv in await self._client.get_prefix(PREFIX.encode()):
+            key_id, _, gateway = kv.key.decode()[len(PREFIX):].rpartition("/")
+            value = kv.value
+            gateways.add(gateway)
+            if gateway != self.gateway_id and key_id != PRESENCE:
+                others.setdefault(key_id, {})[gateway] = Counts.parse(json.loads(value))
+        self.others, self.gateways_seen, self.connected = others, len(gateways), True
+
+    async def _run(self) -> None:
+        refreshed = 0.0
+        while True:
+            try:
+                await self.sync()
+                if time.monotonic() - refreshed > self.ttl / 3:
+                    reply = await self._lease.refresh()
+                    if reply is None or reply.TTL <= 0:
+                        raise LookupError("quota lease expired")
+                    refreshed = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - etcd away: admit against our share, retry
+                if self.connected and self._factory is not None:
+                    log.warning("quota sync with etcd failed (%s): admitting against limit / %d gateways",
+                                exc, self.gateways_seen)
+                self.connected = False
+                if self._client is not None:
+                    await _close(self._client)
+                self._client = self._lease = None
+                refreshed = 0.0
+            await asyncio.sleep(self.period)
+
+
+async def _close(client: Any) -> None:
+    from nexusd.runtime.etcd import close_quietly
+
+    await close_quietly(client)
