@@ -24,6 +24,7 @@ from nexusd.runtime.sse import error_event
 from nexusd.runtime.validation import loads
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
+from nexusd.services.gateway.chatstream import dumps
 from nexusd.services.gateway.instances import Instance
 from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
@@ -75,6 +76,7 @@ class Proxy:
         self.balancer = balancer
         self.metrics = metrics
         self.table = RoutingTable()
+        self.aliases: dict[str, str] = {}  # the gateway's model aliases in force (aliases.py)
         self.internal_token = internal_token
         self.session: aiohttp.ClientSession | None = None
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
@@ -122,7 +124,9 @@ class Proxy:
                                code="unsupported_media_type")
             body = await read_body(request)
             model, stream = inspect_json(body)
-        instances, model_id = self.table.candidates(route, model)
+            if model is not None and model in self.aliases:  # the gateway's [aliases] (aliases.py)
+                body = dumps({**loads(body), "model": self.aliases[model]})
+        instances, model_id = self.table.candidates(route, self.aliases.get(model, model) if model else model)
         key = request[API_KEY]
         check_scope(key, route.operation_id, model_id, model)
         if stream and not route.streaming:
@@ -132,9 +136,10 @@ class Proxy:
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
                       body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
-                      path: str | None = None) -> web.StreamResponse:
+                      path: str | None = None, answer: Any = None) -> web.StreamResponse:
         """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
-        spooled upload, multipart.py)."""
+        spooled upload, multipart.py). `answer`: reads the upstream's answer instead of `relay`
+        (protocols.py translates)."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -184,7 +189,7 @@ class Proxy:
                     self.balancer.failed(inst, connect=False)
                     raise ApiError(502, f"Upstream error: {type(exc).__name__}", code="upstream_error") from None
                 try:
-                    return await self.relay(request, resp, inst, op, model_id, key, start)
+                    return await (answer or self.relay)(request, resp, inst, op, model_id, key, start)
                 finally:
                     resp.release()
             finally:
