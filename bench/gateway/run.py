@@ -3,6 +3,10 @@ aiohttp+uvloop proxy, and through the gateway with auth, routing, metrics and ac
 
     .venv/bin/python bench/gateway/run.py [--seconds 5] [--conns 32] [--json out.json]
 
+Workloads: `chat` and `sse50` (a 50-event stream) on every target; `responses`, `messages`,
+`responses-sse50`, `messages-sse50` through the gateway only (its Responses / Anthropic Messages
+translation to the same chat backend), compared with the gateway's chat figures of the run.
+
 Reports per target and workload: req/s, CPU µs per request of the relaying process (from
 /proc/<pid>/stat; for `direct`, the backend's), p50/p99 latency, SSE events/s, and RSS.
 The load generator is a small keep-alive HTTP/1.1 client on raw asyncio streams (uvloop), so it
@@ -32,6 +36,20 @@ REPO = HERE.parents[1]
 CHAT = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Hello"}]}).encode()
 STREAM = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Hello"}],
                      "stream": True}).encode()
+# workload → (path, body, streamed). The Responses and Messages workloads run through the
+# gateway only (its translation to the same chat backend) and compare with its chat figures.
+WORKLOADS = {
+    "chat": ("/v1/chat/completions", CHAT, False),
+    "sse50": ("/v1/chat/completions", STREAM, True),
+    "responses": ("/v1/responses", json.dumps({"model": "bench-model", "input": "Hello"}).encode(), False),
+    "responses-sse50": ("/v1/responses", json.dumps({"model": "bench-model", "input": "Hello", "stream": True,
+                                                     "store": False}).encode(), True),
+    "messages": ("/v1/messages", json.dumps({"model": "bench-model", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "Hello"}]}).encode(), False),
+    "messages-sse50": ("/v1/messages", json.dumps({"model": "bench-model", "max_tokens": 64, "stream": True,
+                                                   "messages": [{"role": "user", "content": "Hello"}]}).encode(), True),
+}
+PROTOCOL_WORKLOADS = ("responses", "responses-sse50", "messages", "messages-sse50")
 
 
 def rss_mib(pid: int) -> float:
@@ -100,17 +118,17 @@ async def load(port: int, path: str, body: bytes, headers: dict[str, str], conns
     return counts[0], counts[1], latencies
 
 
-def measure(name: str, port: int, pid: int, path: str, headers: dict[str, str], conns: int,
-            seconds: float, stream: bool) -> dict:
+def measure(name: str, port: int, pid: int, workload: str, headers: dict[str, str], conns: int,
+            seconds: float) -> dict:
     import uvloop
 
-    body = STREAM if stream else CHAT
+    path, body, stream = WORKLOADS[workload]
     uvloop.run(load(port, path, body, headers, conns, min(1.0, seconds)))  # warm-up
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     n, events, lat = uvloop.run(load(port, path, body, headers, conns, seconds))
     wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     lat.sort()
-    return {"target": name, "workload": "sse50" if stream else "chat", "conns": conns, "requests": n,
+    return {"target": name, "workload": workload, "conns": conns, "requests": n,
             "req_s": round(n / wall, 1), "cpu_us_per_req": round(cpu / n * 1e6, 1),
             "p50_ms": round(statistics.median(lat) * 1000, 3),
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 3),
@@ -122,8 +140,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--json", help="write the results here too")
-    ap.add_argument("--targets", default="direct,bare-proxy,gateway,gateway-limited")
-    ap.add_argument("--workloads", default="chat,sse50")
+    ap.add_argument("--targets", default="direct,bare-proxy,gateway")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
@@ -168,12 +187,12 @@ def main() -> None:
             pid = targets[-1][2]  # the last selected target: the gateway unless --targets says otherwise
             spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", args.py_spy,
                                     "-f", "speedscope", "-r", "200"])
-        for stream in (False, True):
-            if ("sse50" if stream else "chat") not in args.workloads.split(","):
-                continue
+        for workload in args.workloads.split(","):
             for conns in (1, args.conns):
                 for name, port, pid, headers in targets:
-                    r = measure(name, port, pid, "/v1/chat/completions", headers, conns, args.seconds, stream)
+                    if workload in PROTOCOL_WORKLOADS and name != "gateway":
+                        continue
+                    r = measure(name, port, pid, workload, headers, conns, args.seconds)
                     results.append(r)
                     print(json.dumps(r), flush=True)
         if spy is not None:
@@ -204,9 +223,18 @@ def summarize(results: list[dict]) -> None:
             if lim and gw:
                 print(f"{workload} x{conns}: quota bookkeeping (gateway-limited/gateway) CPU/req "
                       f"{lim['cpu_us_per_req'] / gw['cpu_us_per_req']:.3f}x (goal <= 1.05)")
+    conns = max(r["conns"] for r in results)
+    for workload in PROTOCOL_WORKLOADS:  # translation cost against plain chat through the same gateway
+        base = "sse50" if workload.endswith("sse50") else "chat"
+        mine, plain = by.get(("gateway", workload, conns)), by.get(("gateway", base, conns))
+        if mine and plain:
+            goal = "3" if base == "sse50" else "1.5"
+            per = "per streamed event (50 chat chunks a request)" if base == "sse50" else "per request"
+            print(f"{workload}: gateway CPU {per} {mine['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f}x "
+                  f"of gateway {base} (goal <= {goal}); {mine['req_s']} vs {plain['req_s']} req/s")
     if not {"direct", "bare-proxy", "gateway"} <= {r["target"] for r in results}:
         return
-    for workload in sorted({r["workload"] for r in results}):
+    for workload in sorted({r["workload"] for r in results} - set(PROTOCOL_WORKLOADS)):
         conns = max(r["conns"] for r in results)
         bare, gw = by[("bare-proxy", workload, conns)], by[("gateway", workload, conns)]
         bare1, gw1, direct1 = (by[(t, workload, 1)] for t in ("bare-proxy", "gateway", "direct"))

@@ -23,6 +23,7 @@ from nexusd.runtime.settings import ConfigError
 from nexusd.runtime.tls import client_context, server_context
 from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
+from nexusd.services.gateway.aliases import AliasError, conflicts, load_aliases
 from nexusd.services.gateway.allowlist import AllowList
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
@@ -32,10 +33,12 @@ from nexusd.services.gateway.keys import KeyFileError, KeyStore
 from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
 from nexusd.services.gateway.multipart import MultipartRelay
+from nexusd.services.gateway.protocols import ProtocolRoutes
 from nexusd.services.gateway.proxy import Proxy
 from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.quotashare import QuotaShare
 from nexusd.services.gateway.ratelimit import FileRouteLimits, RateLimiter
+from nexusd.services.gateway.response_store import ResponseStore
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings, split_list
 from nexusd.services.gateway.statuspage import RecentErrors, status_handler
@@ -78,6 +81,10 @@ class GatewayService(Service):
         self.proxy.quotas = Quotas(QuotaShare(  # per-key token quotas, summed over every gateway via etcd
             runtime.instance_id, (lambda: etcd_client(shared)) if shared.etcd_endpoint_list else None))
         self.aggregation = Aggregation(self)
+        self.protocols = ProtocolRoutes(self.proxy, ResponseStore(
+            settings.responses_store_count, settings.responses_store_bytes, settings.responses_store_ttl))
+        self.aliases: dict[str, str] = {}  # as loaded from the upstreams file
+        self.alias_conflicts: list[str] = []
         self.etcd: EtcdDiscovery | None = None
         if shared.etcd_endpoint_list:
             self.etcd = EtcdDiscovery(shared, self.instances, retry=settings.etcd_retry,
@@ -127,6 +134,15 @@ class GatewayService(Service):
                      streaming=True, max_body=self.settings.max_upload),
             Endpoint("POST", "/v1/audio/translations", self.uploads.handle, "audio.translations",
                      max_body=self.settings.max_upload),
+            # Responses and Messages, translated to chat.completions (protocols.py).
+            Endpoint("POST", "/v1/responses", self.protocols.responses_create, "responses.create", streaming=True),
+            Endpoint("GET", "/v1/responses/{response_id}", self.protocols.responses_get, "responses.retrieve"),
+            Endpoint("DELETE", "/v1/responses/{response_id}", self.protocols.responses_delete, "responses.delete"),
+            # Every failure on these two in Anthropic's shape, the key check's included.
+            Endpoint("POST", "/v1/messages", self.protocols.messages_create, "messages.create", streaming=True,
+                     errors="anthropic"),
+            Endpoint("POST", "/v1/messages/count_tokens", self.protocols.messages_count_tokens,
+                     "messages.count_tokens", errors="anthropic"),
             Endpoint("GET", "/v1/models", self.aggregation.list_models, "models.list"),
             Endpoint("GET", "/v1/models/{model:[\\s\\S]+}", self.aggregation.get_model, "models.retrieve"),
             Endpoint("GET", "/v1/images/files/{file_id}", self.aggregation.image_file, "images.files",
@@ -157,12 +173,14 @@ class GatewayService(Service):
         return {"discovery": self._discovery_ready}
 
     def extra_metadata(self) -> dict[str, Any]:
-        return {**self.aggregation.report(), **diagnosis.report(self), "quotas": self.proxy.quotas.report()}
+        return {**self.aggregation.report(), **diagnosis.report(self), "quotas": self.proxy.quotas.report(),
+                "aliases": self.proxy.aliases, "alias_conflicts": self.alias_conflicts}
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         logging.getLogger().addHandler(self.recent_errors)
         self._load_keys()
+        self._load_aliases()
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
         self.proxy.quotas.share.start()
@@ -197,6 +215,24 @@ class GatewayService(Service):
         self._load_keys()
         if self.local_units is not None:
             self.local_units.rescan()
+        self._load_aliases()
+        self.rebuild()
+
+    def _load_aliases(self) -> None:
+        try:
+            aliases = load_aliases(self.settings.upstreams)
+            clash = conflicts(aliases, self.proxy.table.known_models)
+            if clash:
+                raise AliasError(f"{self.settings.upstreams}: [aliases] {', '.join(clash)}: "
+                                 "already the name of a served model (a model id or a metadata alias)")
+        except AliasError as exc:
+            if not self.runtime.ready:
+                raise ConfigError(f"NEXUS_GATEWAY_UPSTREAMS: {exc}") from None
+            log.error("aliases not reloaded, keeping the previous ones: %s", exc)
+            return
+        self.aliases = aliases
+        if aliases:
+            log.info("loaded %d model aliases", len(aliases))
 
     def _load_keys(self) -> None:
         try:
@@ -230,8 +266,18 @@ class GatewayService(Service):
     # --- callbacks ---------------------------------------------------------------------
     def rebuild(self) -> None:
         known = [i for i in self.instances.instances.values() if i.metadata is not None and not i.is_gateway]
-        self.proxy.table = RoutingTable.build(self.instances.routable(), known)
-        self.proxy.table.explain = self._explain
+        table = RoutingTable.build(self.instances.routable(), known)
+        table.explain = self._explain
+        # A backend found after the aliases were loaded may serve a model by an alias's name:
+        # its model keeps the name, the alias is set aside (aliases.py).
+        clash = conflicts(self.aliases, table.known_models)
+        if clash != self.alias_conflicts:
+            if clash:
+                log.error("[aliases] %s set aside: a backend serves a model by that name", ", ".join(clash))
+            self.alias_conflicts = clash
+        aliases = {a: m for a, m in self.aliases.items() if a not in clash}
+        self.proxy.table = table
+        self.proxy.aliases = self.protocols.aliases = aliases
 
     def _explain(self, op: str) -> str:
         return ": " + diagnosis.why(self, op)  # the 503 says why no instance serves op

@@ -1,5 +1,6 @@
 """API-key check for the API listener (8800): every route but /health and the capability URLs
-of generated files needs `Authorization: Bearer <key>`. It runs before routing decides
+of generated files needs `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's
+clients send it). It runs before routing decides
 anything, so an unknown route without a key is 401, not 404. The key's id goes into the request
 for scope checks and metrics; the key itself is never logged nor forwarded.
 
@@ -33,6 +34,8 @@ def make_auth_check(keys: KeyStore, limiter: RateLimiter, on_reject: Callable[[s
     def auth_check(request: web.Request) -> None:
         now = time.time()
         authorization = request.headers.get("Authorization")
+        if authorization is None and "x-api-key" in request.headers:  # Anthropic clients' header, same keys
+            authorization = "Bearer " + request.headers["x-api-key"]
         address = None
         if not keys.is_verified(authorization):
             address = client_address(request, trusted)

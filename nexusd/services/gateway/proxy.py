@@ -24,6 +24,7 @@ from nexusd.runtime.sse import error_event
 from nexusd.runtime.validation import loads, read_within
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
+from nexusd.services.gateway.chatstream import dumps
 from nexusd.services.gateway.instances import Instance
 from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
@@ -77,6 +78,7 @@ class Proxy:
         self.balancer = balancer
         self.metrics = metrics
         self.table = RoutingTable()
+        self.aliases: dict[str, str] = {}  # the gateway's model aliases in force (aliases.py)
         self.internal_token = internal_token
         self.session: aiohttp.ClientSession | None = None
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
@@ -125,7 +127,9 @@ class Proxy:
                                code="unsupported_media_type")
             body = await read_body(request, self.settings.body_timeout)
             model, stream = inspect_json(body, native=route.operation_id.startswith(NATIVE_PREFIX))
-        instances, model_id = self.table.candidates(route, model)
+            if model is not None and model in self.aliases:  # the gateway's [aliases] (aliases.py)
+                body = dumps({**loads(body), "model": self.aliases[model]})
+        instances, model_id = self.table.candidates(route, self.aliases.get(model, model) if model else model)
         key = request[API_KEY]
         check_scope(key, route.operation_id, model_id, model)
         self.quotas.admit(request, key, body)
@@ -136,11 +140,11 @@ class Proxy:
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
                       body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
-                      path: str | None = None, slot: bool = True) -> web.StreamResponse:
+                      path: str | None = None, slot: bool = True, answer: Any = None) -> web.StreamResponse:
         """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
         spooled upload, multipart.py). `slot=False`: the caller admitted the request itself
         (image files do, so that a flood of file fetches never takes an instance's generation
-        slots)."""
+        slots). `answer`: reads the upstream's answer instead of `relay` (protocols.py translates)."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -191,7 +195,7 @@ class Proxy:
                     self.balancer.failed(inst, connect=False)
                     raise ApiError(502, f"Upstream error: {type(exc).__name__}", code="upstream_error") from None
                 try:
-                    return await self.relay(request, resp, inst, op, model_id, key, start)
+                    return await (answer or self.relay)(request, resp, inst, op, model_id, key, start)
                 finally:
                     resp.release()
             finally:
