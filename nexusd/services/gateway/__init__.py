@@ -23,6 +23,7 @@ from nexusd.services.gateway.aggregation import Aggregation
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
+from nexusd.services.gateway.fallbacks import Fallbacks
 from nexusd.services.gateway.instances import Instance, InstanceSet
 from nexusd.services.gateway.keys import KeyFileError, KeyStore
 from nexusd.services.gateway.localunits import LocalUnitsDiscovery
@@ -33,6 +34,7 @@ from nexusd.services.gateway.ratelimit import RateLimiter
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings
 from nexusd.services.gateway.statuspage import RecentErrors, status_handler
+from nexusd.services.gateway.upstreams import UpstreamSet
 
 log = logging.getLogger("nexusd.gateway")
 
@@ -66,6 +68,7 @@ class GatewayService(Service):
         self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token)
         self.proxy.table.explain = self._explain
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
+        self.upstreams = UpstreamSet(self.instances, retry=settings.poll_interval, on_change=self.rebuild)
         self.aggregation = Aggregation(self)
         self.etcd: EtcdDiscovery | None = None
         if shared.etcd_endpoint_list:
@@ -144,9 +147,11 @@ class GatewayService(Service):
     async def start(self) -> None:
         logging.getLogger().addHandler(self.recent_errors)
         self._load_keys()
+        self._load_upstreams()
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
         await self.instances.start()
+        await self.upstreams.start()
         add_static(self.instances, self.settings.static_backends or {})
         if self.etcd is not None:
             await self.etcd.start()
@@ -169,6 +174,7 @@ class GatewayService(Service):
             await self.local_units.stop()
         if self.etcd is not None:
             await self.etcd.stop()
+        await self.upstreams.stop()
         await self.instances.stop()
         await self.proxy.stop()
 
@@ -176,6 +182,12 @@ class GatewayService(Service):
         self._load_keys()
         if self.local_units is not None:
             self.local_units.rescan()
+        self._load_upstreams()
+
+    def _load_upstreams(self) -> None:
+        # One parse of the upstreams file: [upstreams.*], [fallbacks] (and [aliases]).
+        if self.upstreams.load(self.settings.upstreams, at_start=not self.runtime.ready):
+            self.proxy.fallbacks = Fallbacks(self.upstreams.loaded.fallbacks)
 
     def _load_keys(self) -> None:
         try:
@@ -201,6 +213,8 @@ class GatewayService(Service):
         # unreadiness (the gateway then answers 503 per route, and stays the front door).
         if not self.instances.polled_once.is_set():
             raise RuntimeError("first poll of the static backends not done")
+        if not self.upstreams.polled_once.is_set():
+            raise RuntimeError("first poll of the plain upstreams not done")
         if self.etcd is not None and not self.etcd.synced.is_set():
             raise RuntimeError("etcd not listed yet")
         ready = len(self.instances.routable())

@@ -60,6 +60,9 @@ class GatewaySettings(ServiceSettings):
     tls_cert: str = Field("", description="HTTPS on the API port: certificate chain (PEM); a relative name is "
                                           "looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
     tls_key: str = Field("", description="HTTPS on the API port: private key (PEM), as tls_cert")
+    upstreams: Path = Field(Path("/etc/nexus/upstreams.toml"),
+                            description="Upstreams file (TOML, optional): plain OpenAI-compatible upstreams, "
+                                        "[fallbacks] and [aliases]; reloaded on SIGHUP")
     auth_failures_per_minute: int = Field(
         30, ge=1, description="Failed authentications a client address may make per minute (burst as large); "
                               "past it, 429 before any key is checked")

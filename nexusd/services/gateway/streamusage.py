@@ -1,0 +1,78 @@
+"""Usage on streams from plain upstreams: the gateway asks for `stream_options.include_usage`
+(the usage feeds metrics and quotas), and takes the usage-only chunk it asked for back out of
+the client's stream when the client did not ask for it (OpenAI's shape: a last chunk with
+`"choices": []` and a `usage` object, before `data: [DONE]`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+STREAMED_USAGE_OPS = frozenset({"chat.completions", "completions"})
+
+
+def ask_for_usage(op: str, body: bytes) -> tuple[bytes, bool]:
+    """(the body to send, whether the usage chunk must be dropped from the client's stream)."""
+    if op not in STREAMED_USAGE_OPS or b'"stream"' not in body:
+        return body, False
+    try:
+        data: Any = json.loads(body)  # the proxy has validated it already
+    except ValueError:
+        return body, False
+    if not isinstance(data, dict) or data.get("stream") is not True:
+        return body, False
+    options = data.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return body, False  # the client asked: it gets it
+    if options is not None and not isinstance(options, dict):
+        return body, False  # the upstream answers the client's mistake in its own words
+    data["stream_options"] = {**(options or {}), "include_usage": True}
+    return json.dumps(data).encode(), True
+
+
+class UsageChunkFilter:
+    """Feeds SSE bytes through, holding back only an incomplete event, and drops the usage-only
+    chunk. Events are split at blank lines (`\\n\\n`, or `\\r\\n\\r\\n`)."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.pending + chunk if self.pending else chunk
+        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
+        complete, self.pending = data[:cut], data[cut:]
+        if b'"usage"' not in complete:
+            return complete
+        kept = []
+        for event in _events(complete):
+            if not _usage_only(event):
+                kept.append(event)
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return b"" if _usage_only(rest) else rest
+
+
+def _events(data: bytes) -> list[bytes]:
+    out, start = [], 0
+    while start < len(data):
+        a, b = data.find(b"\n\n", start), data.find(b"\r\n\r\n", start)
+        ends = [e + n for e, n in ((a, 2), (b, 4)) if e >= 0]
+        end = min(ends) if ends else len(data)
+        out.append(data[start:end])
+        start = end
+    return out
+
+
+def _usage_only(event: bytes) -> bool:
+    if b'"usage"' not in event:
+        return False
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                doc = json.loads(line[5:])
+            except ValueError:
+                return False
+            return isinstance(doc, dict) and doc.get("choices") == [] and isinstance(doc.get("usage"), dict)
+    return False
