@@ -39,7 +39,8 @@ class UsageChunkFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.pending + chunk if self.pending else chunk
-        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
         complete, self.pending = data[:cut], data[cut:]
         if b'"usage"' not in complete:
             return complete

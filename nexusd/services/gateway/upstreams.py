@@ -23,7 +23,7 @@ import re
 import time
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,12 +106,12 @@ class Upstream:
 
     name: str
     config: UpstreamConfig
-    key: str = ""
+    key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         c = self.config
         self.base_url = c.base_url
-        self.auth = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        self.auth: dict[str, str] = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=c.timeout) if c.timeout else None
         self.include_usage = {"chat.completions", "completions"} & set(c.operations)
 
@@ -151,7 +151,8 @@ def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
     try:
         doc = UpstreamsDocument.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # A misspelt key explains the "field required" beside it: name it first.
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         loc = tuple(str(p) for p in err["loc"])
         raise UpstreamsFileError(f"{path}:{line_of(text, loc)}: {'.'.join(loc)}: {err['msg']}") from None
     upstreams: dict[str, Upstream] = {}
