@@ -3,6 +3,9 @@ aiohttp+uvloop proxy, and through the gateway with auth, routing, metrics and ac
 
     .venv/bin/python bench/gateway/run.py [--seconds 5] [--conns 32] [--json out.json]
 
+Target `gateway-upstream` is a second gateway with the same backend declared as a plain
+OpenAI-compatible upstream (NEXUS_GATEWAY_UPSTREAMS) instead of a Nexus instance.
+
 Reports per target and workload: req/s, CPU µs per request of the relaying process (from
 /proc/<pid>/stat; for `direct`, the backend's), p50/p99 latency, SSE events/s, and RSS.
 The load generator is a small keep-alive HTTP/1.1 client on raw asyncio streams (uvloop), so it
@@ -122,7 +125,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--json", help="write the results here too")
-    ap.add_argument("--targets", default="direct,bare-proxy,gateway")
+    ap.add_argument("--targets", default="direct,bare-proxy,gateway,gateway-upstream")
     ap.add_argument("--workloads", default="chat,sse50")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
@@ -135,6 +138,7 @@ def main() -> None:
     key, record = new_key("bench")
     write_keys(tmp / "api-keys", [record])
     bport, pport, gport, oport = free_port(), free_port(), free_port(), free_port()
+    uport, uoport = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_") and not k.endswith("_BASE_URL")}
     procs = []
     try:
@@ -151,12 +155,22 @@ def main() -> None:
             gateway = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "gateway"], env=gw_env,
                                        stderr=log, stdout=log, cwd=REPO)
         procs.append(gateway)
+        (tmp / "upstreams.toml").write_text(f'[upstreams.bench]\nbase_url = "http://127.0.0.1:{bport}/v1"\n'
+                                            'operations = ["chat.completions"]\n')
+        up_env = {k: v for k, v in gw_env.items() if k != "BENCH_BASE_URL"}
+        up_env.update({"NEXUS_GATEWAY_PORT": str(uport), "NEXUS_GATEWAY_OBS_PORT": str(uoport),
+                       "NEXUS_GATEWAY_UPSTREAMS": str(tmp / "upstreams.toml")})
+        with open(tmp / "gateway-upstream.log", "wb") as log:
+            upstream_gw = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "gateway"], env=up_env,
+                                           stderr=log, stdout=log, cwd=REPO)
+        procs.append(upstream_gw)
         auth = {"Authorization": f"Bearer {key}"}
         wait_ok(f"http://127.0.0.1:{bport}/v1/chat/completions")
         wait_ok(f"http://127.0.0.1:{pport}/v1/chat/completions")
         wait_ok(f"http://127.0.0.1:{gport}/v1/chat/completions", auth)
+        wait_ok(f"http://127.0.0.1:{uport}/v1/chat/completions", auth)
         targets = [("direct", bport, backend.pid, {}), ("bare-proxy", pport, bare.pid, {}),
-                   ("gateway", gport, gateway.pid, auth)]
+                   ("gateway", gport, gateway.pid, auth), ("gateway-upstream", uport, upstream_gw.pid, auth)]
         results = []
         targets = [t for t in targets if t[0] in args.targets.split(",")]
         spy = None
@@ -194,7 +208,11 @@ def summarize(results: list[dict]) -> None:
         print(f"| {r['workload']} | {r['conns']} | {r['target']} | {r['req_s']} | {r['cpu_us_per_req']} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {ev} | {r['rss_mib']} |")
     print()
-    if {r["target"] for r in results} != {"direct", "bare-proxy", "gateway"}:
+    for (target, workload, conns), r in by.items():
+        if target == "gateway-upstream" and ("gateway", workload, conns) in by:
+            print(f"{workload} at {conns} conns: plain upstream/Nexus instance CPU/req "
+                  f"{r['cpu_us_per_req'] / by[('gateway', workload, conns)]['cpu_us_per_req']:.3f}x (goal <= 1.05)")
+    if not {"direct", "bare-proxy", "gateway"} <= {r["target"] for r in results}:
         return
     for workload in sorted({r["workload"] for r in results}):
         conns = max(r["conns"] for r in results)

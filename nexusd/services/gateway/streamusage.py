@@ -24,9 +24,13 @@ def ask_for_usage(op: str, body: bytes) -> tuple[bytes, bool]:
     options = data.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return body, False  # the client asked: it gets it
-    if options is not None and not isinstance(options, dict):
+    if options is None and b'"stream_options"' not in body:
+        # Spliced in rather than re-serialised: the body is forwarded as the client wrote it.
+        at = body.index(b"{") + 1
+        return body[:at] + b'"stream_options":{"include_usage":true},' + body[at:], True
+    if not isinstance(options, dict):
         return body, False  # the upstream answers the client's mistake in its own words
-    data["stream_options"] = {**(options or {}), "include_usage": True}
+    data["stream_options"] = {**options, "include_usage": True}
     return json.dumps(data).encode(), True
 
 
@@ -38,6 +42,8 @@ class UsageChunkFilter:
         self.pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self.pending and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:
+            return chunk  # whole events, no usage: the common case, no copy
         data = self.pending + chunk if self.pending else chunk
         lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
         cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)

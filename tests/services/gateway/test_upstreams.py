@@ -11,7 +11,13 @@ import pytest
 from nexusd.runtime.settings import SharedSettings
 from tests.helpers.net import async_wait_for, free_port
 from tests.services.gateway.harness import make_keys, serve_gateway
-from tests.services.gateway.plain_upstreams import CHAT, EMBED, LLAMA_KEY, llama_upstream, recording_upstream
+from tests.services.gateway.plain_upstreams import (
+    CHAT,
+    EMBED,
+    LLAMA_KEY,
+    llama_upstream,
+    recording_upstream,
+)
 
 pytest.importorskip("llama_cpp.server.app")
 from nexusd.services.ollama.engines.llamacpp import default_gguf  # noqa: E402

@@ -108,6 +108,10 @@ def test_usage_is_asked_for_only_on_streams_the_client_did_not_ask_it_for():
     plain = b'{"model": "m", "stream": false}'
     assert ask_for_usage("completions", plain) == (plain, False)
     assert ask_for_usage("embeddings", body) == (body, False)
+    sent, drop = ask_for_usage("chat.completions", b' {"model": "m", "stream": true}')
+    assert drop and json.loads(sent) == {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    odd = b'{"model": "m", "stream": true, "stream_options": 3}'
+    assert ask_for_usage("chat.completions", odd) == (odd, False)
 
 
 def test_usage_chunk_dropped_wherever_the_stream_is_cut():
