@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--targets", default="direct,bare-proxy,gateway,gateway-upstream")
     ap.add_argument("--workloads", default="chat,sse50")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every target this many times, interleaved (ratios use the medians)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
@@ -181,7 +183,7 @@ def main() -> None:
         for stream in (False, True):
             if ("sse50" if stream else "chat") not in args.workloads.split(","):
                 continue
-            for conns in (1, args.conns):
+            for conns, _ in ((c, r) for c in (1, args.conns) for r in range(args.rounds)):
                 for name, port, pid, headers in targets:
                     r = measure(name, port, pid, "/v1/chat/completions", headers, conns, args.seconds, stream)
                     results.append(r)
@@ -208,10 +210,14 @@ def summarize(results: list[dict]) -> None:
         print(f"| {r['workload']} | {r['conns']} | {r['target']} | {r['req_s']} | {r['cpu_us_per_req']} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {ev} | {r['rss_mib']} |")
     print()
-    for (target, workload, conns), r in by.items():
-        if target == "gateway-upstream" and ("gateway", workload, conns) in by:
-            print(f"{workload} at {conns} conns: plain upstream/Nexus instance CPU/req "
-                  f"{r['cpu_us_per_req'] / by[('gateway', workload, conns)]['cpu_us_per_req']:.3f}x (goal <= 1.05)")
+    cpu: dict[tuple[str, str, int], list[float]] = {}
+    for r in results:
+        cpu.setdefault((r["target"], r["workload"], r["conns"]), []).append(r["cpu_us_per_req"])
+    for (target, workload, conns), figures in cpu.items():
+        if target == "gateway-upstream" and ("gateway", workload, conns) in cpu:
+            up, nexus = statistics.median(figures), statistics.median(cpu[("gateway", workload, conns)])
+            print(f"{workload} at {conns} conns: plain upstream/Nexus instance CPU/req {up / nexus:.3f}x "
+                  f"(medians of {len(figures)}: {up:.1f} / {nexus:.1f} µs; goal <= 1.05)")
     if not {"direct", "bare-proxy", "gateway"} <= {r["target"] for r in results}:
         return
     for workload in sorted({r["workload"] for r in results}):
