@@ -69,7 +69,8 @@ async def acquire(balancer: Balancer, inst: Instance, model_id: str) -> None:
 
 
 async def forward_chain(proxy: Proxy, request: web.Request, route: Route, chain: list[str], body: bytes,
-                        key: ApiKey, requested: str, check_scope: Callable[..., None]) -> web.StreamResponse:
+                        key: ApiKey, requested: str, stream: bool,
+                        check_scope: Callable[..., None]) -> web.StreamResponse:
     op = route.operation_id
     group = requested not in chain  # the client named the list, not a model of it
     plan: list[tuple[str, list[Instance], str]] = []
@@ -92,7 +93,8 @@ async def forward_chain(proxy: Proxy, request: web.Request, route: Route, chain:
         more = n + 1 < len(plan)
         data = body if name == requested else with_model(body, name)
         try:
-            return await proxy.forward(request, route, instances, data, model_id, key, fallback=more)
+            return await proxy.forward(request, route, instances, data, model_id, key, fallback=more,
+                                       stream=stream)
         except TryNext as exc:
             nxt = plan[n + 1][0]
             log.warning("%s: model %s failed before answering (%s); falling back to %s", op, name, exc, nxt)

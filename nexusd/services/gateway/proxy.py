@@ -132,17 +132,19 @@ class Proxy:
         key = request[API_KEY]
         chain = self.fallbacks.chain(model) if self.fallbacks and model else None
         if chain is not None:
-            return await forward_chain(self, request, route, chain, body, key, model, check_scope)  # type: ignore[arg-type]
+            return await forward_chain(self, request, route, chain, body, key, model, stream,  # type: ignore[arg-type]
+                                       check_scope)
         instances, model_id = self.table.candidates(route, model)
         check_scope(key, route.operation_id, model_id, model)
-        return await self.forward(request, route, instances, body, model_id, key)
+        return await self.forward(request, route, instances, body, model_id, key, stream=stream)
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
                       body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
-                      path: str | None = None, fallback: bool = False) -> web.StreamResponse:
+                      path: str | None = None, fallback: bool = False, stream: bool = False) -> web.StreamResponse:
         """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
         spooled upload, multipart.py). `fallback`: another model follows (fallbacks.py): a
-        failure before the first byte reached the client raises TryNext rather than answering."""
+        failure before the first byte reached the client raises TryNext rather than answering.
+        `stream`: the body asks for one."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -173,7 +175,7 @@ class Proxy:
                 url, send, data, timeout = inst.base_url + url_path, headers, body, self.timeout(op)
             else:  # a plain upstream (upstreams.py): its URL layout, its key, never our token
                 url, send, timeout = up.url(url_path), up.headers(headers), up.timeout or self.timeout(op)
-                data, drop_usage = ask_for_usage(op, body) if up.include_usage else (body, False)
+                data, drop_usage = ask_for_usage(op, body, stream) if up.include_usage else (body, False)
                 strip = UsageChunkFilter() if drop_usage else None
             try:
                 try:

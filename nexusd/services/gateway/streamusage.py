@@ -11,25 +11,25 @@ from typing import Any
 STREAMED_USAGE_OPS = frozenset({"chat.completions", "completions"})
 
 
-def ask_for_usage(op: str, body: bytes) -> tuple[bytes, bool]:
-    """(the body to send, whether the usage chunk must be dropped from the client's stream)."""
-    if op not in STREAMED_USAGE_OPS or b'"stream"' not in body:
+def ask_for_usage(op: str, body: bytes, stream: bool) -> tuple[bytes, bool]:
+    """(the body to send, whether the usage chunk must be dropped from the client's stream).
+    `stream`: the body's `stream` is true (the proxy has parsed and validated the body)."""
+    if not stream or op not in STREAMED_USAGE_OPS:
         return body, False
-    try:
-        data: Any = json.loads(body)  # the proxy has validated it already
-    except ValueError:
-        return body, False
-    if not isinstance(data, dict) or data.get("stream") is not True:
-        return body, False
-    options = data.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return body, False  # the client asked: it gets it
-    if options is None and b'"stream_options"' not in body:
-        # Spliced in rather than re-serialised: the body is forwarded as the client wrote it.
+    if b'"stream_options"' not in body:
+        # Spliced in rather than re-serialised: no second parse, and the rest of the body goes
+        # on as the client wrote it.
         at = body.index(b"{") + 1
         return body[:at] + b'"stream_options":{"include_usage":true},' + body[at:], True
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return body, False
+    options = data.get("stream_options") if isinstance(data, dict) else None
     if not isinstance(options, dict):
         return body, False  # the upstream answers the client's mistake in its own words
+    if options.get("include_usage") is True:
+        return body, False  # the client asked: it gets it
     data["stream_options"] = {**options, "include_usage": True}
     return json.dumps(data).encode(), True
 

@@ -121,7 +121,11 @@ class Upstream:
 
     def headers(self, ours: Mapping[str, str]) -> dict[str, str]:
         """What the proxy would send a Nexus instance, minus the internal token, plus our key."""
-        return {**{k: v for k, v in ours.items() if k != "X-Nexus-Internal-Token"}, **self.auth}
+        headers = dict(ours)
+        headers.pop("X-Nexus-Internal-Token", None)
+        if self.auth:
+            headers.update(self.auth)
+        return headers
 
     def same_as(self, other: Upstream) -> bool:
         return self.config == other.config and self.key == other.key

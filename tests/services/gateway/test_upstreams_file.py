@@ -101,17 +101,17 @@ def test_fallback_chains():
 
 def test_usage_is_asked_for_only_on_streams_the_client_did_not_ask_it_for():
     body = json.dumps({"model": "m", "stream": True, "stream_options": {"x": 1}}).encode()
-    sent, drop = ask_for_usage("chat.completions", body)
+    sent, drop = ask_for_usage("chat.completions", body, True)
     assert drop and json.loads(sent)["stream_options"] == {"x": 1, "include_usage": True}
     asked = json.dumps({"model": "m", "stream": True, "stream_options": {"include_usage": True}}).encode()
-    assert ask_for_usage("chat.completions", asked) == (asked, False)
+    assert ask_for_usage("chat.completions", asked, True) == (asked, False)
     plain = b'{"model": "m", "stream": false}'
-    assert ask_for_usage("completions", plain) == (plain, False)
-    assert ask_for_usage("embeddings", body) == (body, False)
-    sent, drop = ask_for_usage("chat.completions", b' {"model": "m", "stream": true}')
+    assert ask_for_usage("completions", plain, False) == (plain, False)
+    assert ask_for_usage("embeddings", body, True) == (body, False)
+    sent, drop = ask_for_usage("chat.completions", b' {"model": "m", "stream": true}', True)
     assert drop and json.loads(sent) == {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
     odd = b'{"model": "m", "stream": true, "stream_options": 3}'
-    assert ask_for_usage("chat.completions", odd) == (odd, False)
+    assert ask_for_usage("chat.completions", odd, True) == (odd, False)
 
 
 def test_usage_chunk_dropped_wherever_the_stream_is_cut():
