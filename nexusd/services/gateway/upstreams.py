@@ -54,6 +54,7 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "audio.speech": ("POST", "/v1/audio/speech", True),
 }
 Operation = Literal["chat.completions", "completions", "embeddings", "images.generate", "audio.speech"]
+DEFAULT_OPERATIONS: list[Operation] = ["chat.completions", "completions", "embeddings"]
 SOURCE = "upstream:"  # Instance.sources entry and InstanceSet key prefix
 MAX_MODELS_DOCUMENT = 4 << 20  # a provider's /models can be long, not endless
 
@@ -69,8 +70,7 @@ class UpstreamConfig(BaseModel):
     api_key_env: str | None = None
     api_key_file: str | None = None
     models: list[str] | None = Field(None, min_length=1)
-    operations: list[Operation] = Field(default_factory=lambda: ["chat.completions", "completions", "embeddings"],
-                                        min_length=1)
+    operations: list[Operation] = Field(default_factory=lambda: list(DEFAULT_OPERATIONS), min_length=1)
     max_inflight: int | None = Field(None, ge=1)
     max_queue: int | None = Field(None, ge=0)
     timeout: float | None = Field(None, gt=0)
@@ -370,7 +370,7 @@ def synthesise(up: Upstream, models: list[str]) -> dict[str, Any]:
     """The /v1/metadata the upstream would declare, in the runtime's own model (routing reads it
     like any instance's)."""
     c = up.config
-    ops = list(dict.fromkeys(c.operations))
+    ops: list[str] = list(dict.fromkeys(c.operations))
     doc = MetadataDocument(
         service=ServiceInfo(name=up.name, version="", instance_id=up.name),
         description=f"plain OpenAI-compatible upstream {up.base_url}",

@@ -61,6 +61,7 @@ base_url = "{recorder.url}/"
 api_key_env = "REC_KEY"
 operations = ["chat.completions"]
 poll_interval = 0.2
+max_inflight = 7
 
 [upstreams.dead]
 base_url = "http://127.0.0.1:{free_port()}/v1"
@@ -176,3 +177,17 @@ async def test_status_shows_the_dead_upstream_and_its_error(stack):
         instances = {i["instance_id"]: i for i in (await r.json())["extra"]["instances"]}
     assert instances["dead"]["state"] == "not_ready" and "Connect" in instances["dead"]["last_error"]
     assert instances["llama"]["state"] == "ready" and instances["llama"]["sources"] == ["upstream:llama"]
+    assert instances["recorder"]["max_inflight"] == 7 and instances["recorder"]["models"] == [
+        "rec-model", "rec-busy", "rec-broken"]
+
+
+async def test_an_upstream_failing_with_5xx_is_ejected(stack):
+    c = client(stack)
+    for _ in range(3):  # NEXUS_GATEWAY_EJECT_AFTER
+        with pytest.raises(openai.InternalServerError):
+            await c.chat.completions.create(model="rec-broken", messages=MSGS)
+    state = {i["instance_id"]: i["state"] for i in stack.service.aggregation.report()["instances"]}
+    assert state["recorder"] == "ejected" and state["llama"] == "ready"
+    with pytest.raises(openai.APIStatusError) as err:  # no live instance for its models now
+        await c.chat.completions.create(model="rec-model", messages=MSGS)
+    assert err.value.status_code == 503
