@@ -344,8 +344,10 @@ class UpstreamSet:
             if inst.metadata is None or [m["id"] for m in inst.metadata["models"]] != ids:
                 inst.metadata = synthesise(up, ids)
             inst.ready, inst.last_error = True, ""
-            if inst.failures and inst.ejected_until <= time.monotonic():
-                inst.failures = 0
+            if inst.failures and 0 < inst.ejected_until <= time.monotonic():
+                # Back after its cool-down. Only then: /models answering says nothing about the
+                # 5xx its completions may be giving, which must keep counting towards ejection.
+                inst.failures, inst.ejected_until = 0, 0.0
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if inst.ready:
                 log.warning("upstream %s not ready: %s", inst.name, exc)
