@@ -174,7 +174,11 @@ async def test_fallback_outside_the_keys_scope_is_skipped(stack):
 
 async def test_status_shows_the_dead_upstream_and_its_error(stack):
     async with aiohttp.ClientSession() as s, s.get(stack.obs + "/v1/metadata") as r:
-        instances = {i["instance_id"]: i for i in (await r.json())["extra"]["instances"]}
+        extra = (await r.json())["extra"]
+    instances = {i["instance_id"]: i for i in extra["instances"]}
+    (source,) = [d for d in extra["discovery"] if d["source"] == "upstreams"]
+    assert set(source["upstreams"]) == {"llama", "recorder", "dead"}
+    assert "no instance" not in extra["unserved"].get("completions", "")  # llama serves it
     assert instances["dead"]["state"] == "not_ready" and "Connect" in instances["dead"]["last_error"]
     assert instances["llama"]["state"] == "ready" and instances["llama"]["sources"] == ["upstream:llama"]
     assert instances["recorder"]["max_inflight"] == 7 and instances["recorder"]["models"] == [
