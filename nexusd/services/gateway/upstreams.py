@@ -163,7 +163,9 @@ def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
     for name, config in doc.upstreams.items():
         where = f"{path}:{line_of(text, ('upstreams', name))}: upstreams.{name}"
         upstreams[name] = Upstream(name, config, read_key(config, where, path.parent, environ))
-    check_fallbacks(doc.fallbacks, lambda name: f"{path}:{line_of(text, ('fallbacks', name))}: fallbacks.{name}")
+    declared = {m for u in doc.upstreams.values() for m in u.models or []} | set(doc.aliases)
+    check_fallbacks(doc.fallbacks, lambda name: f"{path}:{line_of(text, ('fallbacks', name))}: fallbacks.{name}",
+                    declared)
     return Loaded(upstreams, doc.fallbacks, doc.aliases)
 
 
@@ -192,9 +194,13 @@ def read_key(config: UpstreamConfig, where: str, here: Path, environ: Mapping[st
     return key
 
 
-def check_fallbacks(lists: dict[str, list[str]], where: Callable[[str], str]) -> None:
+def check_fallbacks(lists: dict[str, list[str]], where: Callable[[str], str], names: set[str]) -> None:
+    """`names`: the models and aliases the file declares; a list's name must be none of them (a
+    request for that name would mean the list, and the model or alias would be unreachable)."""
     member_of: dict[str, str] = {}
     for name, models in lists.items():
+        if name in names:
+            raise UpstreamsFileError(f"{where(name)}: {name!r} is already a model or an alias; name the list otherwise")
         if not models or any(not isinstance(m, str) or not m or len(m) > 256 for m in models):
             raise UpstreamsFileError(f"{where(name)}: a list of one or more model names")
         if len(set(models)) != len(models):

@@ -81,6 +81,8 @@ def test_absent_file_is_empty(tmp_path):
     ('[fallbacks]\nx = ["a"]\ny = ["x", "c"]\n', {}, r":3: fallbacks\.y: 'x' is a fallback list"),
     ('[fallbacks]\nx = []\n', {}, r":2: fallbacks\.x: a list of one or more"),
     ('[fallbacks]\nx = "a"\n', {}, r":2: fallbacks\.x: Input should be a valid list"),
+    ('[upstreams.a]\nbase_url = "http://x/v1"\nmodels = ["m"]\n[fallbacks]\nm = ["n"]\n', {},
+     r":5: fallbacks\.m: 'm' is already a model or an alias"),
 ])
 def test_errors_name_the_line(tmp_path, text, env, message):
     path = tmp_path / "upstreams.toml"
