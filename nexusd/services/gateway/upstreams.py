@@ -197,7 +197,7 @@ def read_key(config: UpstreamConfig, where: str, here: Path, environ: Mapping[st
 def check_fallbacks(lists: dict[str, list[str]], where: Callable[[str], str], names: set[str]) -> None:
     """`names`: the models and aliases the file declares; a list's name must be none of them (a
     request for that name would mean the list, and the model or alias would be unreachable)."""
-    member_of: dict[str, str] = {}
+    tail_of: dict[str, tuple[str, list[str]]] = {}  # model -> (first list naming it, what follows it)
     for name, models in lists.items():
         if name in names:
             raise UpstreamsFileError(f"{where(name)}: {name!r} is already a model or an alias; name the list otherwise")
@@ -205,13 +205,14 @@ def check_fallbacks(lists: dict[str, list[str]], where: Callable[[str], str], na
             raise UpstreamsFileError(f"{where(name)}: a list of one or more model names")
         if len(set(models)) != len(models):
             raise UpstreamsFileError(f"{where(name)}: a model is listed twice")
-        for m in models:
+        for i, m in enumerate(models):
             if m in lists:
                 raise UpstreamsFileError(f"{where(name)}: {m!r} is a fallback list; name models")
-            if m in member_of:
-                # One list per model, so that "the next model" after it is never ambiguous.
-                raise UpstreamsFileError(f"{where(name)}: {m!r} is already in fallbacks.{member_of[m]}")
-            member_of[m] = name
+            first, tail = tail_of.setdefault(m, (name, models[i + 1:]))
+            if tail != models[i + 1:]:
+                # A client asking for `m` gets what follows it: that must not depend on the list.
+                raise UpstreamsFileError(f"{where(name)}: {m!r} is followed by other models in "
+                                         f"fallbacks.{first}; a model in several lists needs the same ones after it")
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*(.+?)\s*\]\]?\s*(#.*)?$")

@@ -7,7 +7,8 @@
 - `RecordingUpstream`: a real aiohttp server speaking OpenAI's wire format as vLLM or a hosted
   provider does (a test double of such a server, not of the gateway): `GET /v1/models`, chat
   plain and streamed with `stream_options.include_usage` (the usage-only last chunk), and model
-  `rec-busy` answering 429 as a provider's rate limit does, `rec-broken` answering 500. It records every request's headers
+  `rec-busy` answering 429 as a provider's rate limit does, `rec-broken` answering 500,
+  `rec-hangup` dropping the connection before answering. It records every request's headers
   and body, so tests can check what the gateway sent.
 """
 
@@ -59,7 +60,7 @@ def llama_upstream(gguf: str, tmp_path: Path) -> Iterator[str]:
 
 
 class RecordingUpstream:
-    MODELS = ("rec-model", "rec-busy", "rec-broken")
+    MODELS = ("rec-model", "rec-busy", "rec-broken", "rec-hangup")
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], Any]] = []  # (path, headers, JSON body)
@@ -77,6 +78,10 @@ class RecordingUpstream:
             return web.json_response({"error": {"message": "Rate limit reached", "type": "requests",
                                                 "code": "rate_limit_exceeded"}}, status=429,
                                      headers={"Retry-After": "20"})
+        if body["model"] == "rec-hangup":  # the connection drops before any answer
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if body["model"] == "rec-broken":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         base = {"id": "chatcmpl-rec", "created": 1, "model": body["model"] + "-as-answered"}

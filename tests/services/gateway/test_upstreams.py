@@ -70,6 +70,7 @@ models = ["dead-model"]
 [fallbacks]
 small = ["dead-model", "{CHAT}"]
 busy = ["rec-busy", "rec-model"]
+hangup = ["rec-hangup", "rec-model"]
 """)
     plain = make_keys(tmp_path / "keys", {"admin": {}, "dead-only": {"models": frozenset({"dead-model"})}})
     shared = SharedSettings(etcd_endpoints="", internal_token=INTERNAL)
@@ -166,6 +167,14 @@ async def test_upstream_429_goes_to_the_next_fallback(stack, recorder):
         assert 'nexus_gateway_fallbacks_total{fallback="rec-model",model="rec-busy"} 1.0' in await r.text()
 
 
+async def test_upstream_dropping_the_connection_goes_to_the_next_fallback(stack, recorder):
+    c = client(stack)
+    stream = await c.chat.completions.with_raw_response.create(model="hangup", messages=MSGS, stream=True)
+    assert stream.headers["x-nexus-model"] == "rec-model"
+    assert [ch.choices[0].delta.content async for ch in stream.parse() if ch.choices] == ["rec", "orded"]
+    assert [b["model"] for _, b in recorder.chats()] == ["rec-hangup", "rec-model"]  # model rewritten
+
+
 async def test_fallback_outside_the_keys_scope_is_skipped(stack):
     with pytest.raises(openai.APIStatusError) as err:
         await client(stack, "dead-only").chat.completions.create(model="dead-model", messages=MSGS)
@@ -182,7 +191,7 @@ async def test_status_shows_the_dead_upstream_and_its_error(stack):
     assert instances["dead"]["state"] == "not_ready" and "Connect" in instances["dead"]["last_error"]
     assert instances["llama"]["state"] == "ready" and instances["llama"]["sources"] == ["upstream:llama"]
     assert instances["recorder"]["max_inflight"] == 7 and instances["recorder"]["models"] == [
-        "rec-model", "rec-busy", "rec-broken"]
+        "rec-model", "rec-busy", "rec-broken", "rec-hangup"]
 
 
 async def test_an_upstream_failing_with_5xx_is_ejected(stack):

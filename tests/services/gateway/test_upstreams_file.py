@@ -77,7 +77,7 @@ def test_absent_file_is_empty(tmp_path):
     ('[upstreams.a]\nbase_url = "http://x/v1"\napi_key_file = "missing"\n', {}, r"upstreams\.a: api_key_file .*missing"),
     ('[upstreams.a]\nbase_url = "http://x/v1"\napi_key_env = "K"\napi_key_file = "f"\n', {"K": "k"}, "give one"),
     ('[upstreams.a]\nbase_url = "http://x/v1"\napi_key_env = "K"\n', {"K": "k\u00e9y"}, "header cannot carry"),
-    ('[fallbacks]\nx = ["a", "b"]\ny = ["b", "c"]\n', {}, r":3: fallbacks\.y: 'b' is already in fallbacks\.x"),
+    ('[fallbacks]\nx = ["a", "b"]\ny = ["b", "c"]\n', {}, r":3: fallbacks\.y: 'b' is followed by other models in fallbacks\.x"),
     ('[fallbacks]\nx = ["a"]\ny = ["x", "c"]\n', {}, r":3: fallbacks\.y: 'x' is a fallback list"),
     ('[fallbacks]\nx = []\n', {}, r":2: fallbacks\.x: a list of one or more"),
     ('[fallbacks]\nx = "a"\n', {}, r":2: fallbacks\.x: Input should be a valid list"),
@@ -90,6 +90,12 @@ def test_errors_name_the_line(tmp_path, text, env, message):
     with pytest.raises(UpstreamsFileError, match=message) as err:
         load_file(path, env)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_model_may_end_several_lists(tmp_path):
+    path = tmp_path / "upstreams.toml"
+    path.write_text('[fallbacks]\nbig = ["a", "local"]\nsmall = ["b", "local"]\nboth = ["c", "b", "local"]\n')
+    assert load_file(path, {}).fallbacks["small"] == ["b", "local"]
 
 
 def test_fallback_chains():
