@@ -175,7 +175,8 @@ class Proxy:
                 url, send, data, timeout = inst.base_url + url_path, headers, body, self.timeout(op)
             else:  # a plain upstream (upstreams.py): its URL layout, its key, never our token
                 url, send, timeout = up.url(url_path), up.headers(headers), up.timeout or self.timeout(op)
-                data, drop_usage = ask_for_usage(op, body, stream) if up.include_usage else (body, False)
+                data, drop_usage = ask_for_usage(op, body, stream) \
+                    if up.include_usage and isinstance(body, bytes) else (body, False)
                 strip = UsageChunkFilter() if drop_usage else None
             try:
                 try:
