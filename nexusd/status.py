@@ -62,6 +62,9 @@ def describe_source(src: dict[str, Any]) -> str:
         return f"nexusd units enabled on this host ({src.get('unit_dir')}): {', '.join(on) or 'none'}"
     if src.get("source") == "static":
         return "static backends: " + ", ".join(f"{k}={v}" for k, v in src.get("backends", {}).items())
+    if src.get("source") == "upstreams":
+        return f"plain upstreams ({src.get('file')}): " + ", ".join(
+            f"{k}={v}" for k, v in src.get("upstreams", {}).items())
     return str(src)  # a source this version does not know
 
 

@@ -55,12 +55,18 @@ async def metadata(request: web.Request) -> web.Response:
     return web.json_response(METADATA)
 
 
+async def models(request: web.Request) -> web.Response:
+    """What a plain OpenAI-compatible server answers (the gateway's readiness poll of an upstream)."""
+    return web.json_response({"object": "list", "data": [{"id": "bench-model", "object": "model"}]})
+
+
 def main() -> None:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/readyz", ok)
     app.router.add_get("/health", ok)
     app.router.add_get("/v1/metadata", metadata)
+    app.router.add_get("/v1/models", models)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 

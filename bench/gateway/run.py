@@ -6,6 +6,8 @@ aiohttp+uvloop proxy, and through the gateway with auth, routing, metrics and ac
 Workloads: `chat` and `sse50` (a 50-event stream) on every target; `responses`, `messages`,
 `responses-sse50`, `messages-sse50` through the gateway only (its Responses / Anthropic Messages
 translation to the same chat backend), compared with the gateway's chat figures of the run.
+Target `gateway-upstream` is a second gateway with the same backend declared as a plain
+OpenAI-compatible upstream (NEXUS_GATEWAY_UPSTREAMS) instead of a Nexus instance.
 
 Reports per target and workload: req/s, CPU µs per request of the relaying process (from
 /proc/<pid>/stat; for `direct`, the backend's), p50/p99 latency, SSE events/s, and RSS.
@@ -140,9 +142,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--json", help="write the results here too")
-    ap.add_argument("--targets", default="direct,bare-proxy,gateway")
+    ap.add_argument("--targets", default="direct,bare-proxy,gateway,gateway-upstream")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, of: {', '.join(WORKLOADS)}")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every target this many times, interleaved (ratios use the medians)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
@@ -157,6 +161,7 @@ def main() -> None:
     limited_key, limited = new_key("bench-limited", tpm=10**12)
     write_keys(tmp / "api-keys", [record, limited])
     bport, pport, gport, oport = free_port(), free_port(), free_port(), free_port()
+    uport, uoport = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_") and not k.endswith("_BASE_URL")}
     procs = []
     try:
@@ -173,12 +178,22 @@ def main() -> None:
             gateway = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "gateway"], env=gw_env,
                                        stderr=log, stdout=log, cwd=REPO)
         procs.append(gateway)
+        (tmp / "upstreams.toml").write_text(f'[upstreams.bench]\nbase_url = "http://127.0.0.1:{bport}/v1"\n'
+                                            'operations = ["chat.completions"]\n')
+        up_env = {k: v for k, v in gw_env.items() if k != "BENCH_BASE_URL"}
+        up_env.update({"NEXUS_GATEWAY_PORT": str(uport), "NEXUS_GATEWAY_OBS_PORT": str(uoport),
+                       "NEXUS_GATEWAY_UPSTREAMS": str(tmp / "upstreams.toml")})
+        with open(tmp / "gateway-upstream.log", "wb") as log:
+            upstream_gw = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "gateway"], env=up_env,
+                                           stderr=log, stdout=log, cwd=REPO)
+        procs.append(upstream_gw)
         auth = {"Authorization": f"Bearer {key}"}
         wait_ok(f"http://127.0.0.1:{bport}/v1/chat/completions")
         wait_ok(f"http://127.0.0.1:{pport}/v1/chat/completions")
         wait_ok(f"http://127.0.0.1:{gport}/v1/chat/completions", auth)
+        wait_ok(f"http://127.0.0.1:{uport}/v1/chat/completions", auth)
         targets = [("direct", bport, backend.pid, {}), ("bare-proxy", pport, bare.pid, {}),
-                   ("gateway", gport, gateway.pid, auth),
+                   ("gateway", gport, gateway.pid, auth), ("gateway-upstream", uport, upstream_gw.pid, auth),
                    ("gateway-limited", gport, gateway.pid, {"Authorization": f"Bearer {limited_key}"})]
         results = []
         targets = [t for t in targets if t[0] in args.targets.split(",")]
@@ -188,7 +203,7 @@ def main() -> None:
             spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", args.py_spy,
                                     "-f", "speedscope", "-r", "200"])
         for workload in args.workloads.split(","):
-            for conns in (1, args.conns):
+            for conns, _ in ((c, r) for c in (1, args.conns) for r in range(args.rounds)):
                 for name, port, pid, headers in targets:
                     if workload in PROTOCOL_WORKLOADS and name != "gateway":
                         continue
@@ -217,6 +232,14 @@ def summarize(results: list[dict]) -> None:
         print(f"| {r['workload']} | {r['conns']} | {r['target']} | {r['req_s']} | {r['cpu_us_per_req']} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {ev} | {r['rss_mib']} |")
     print()
+    cpu: dict[tuple[str, str, int], list[float]] = {}
+    for r in results:
+        cpu.setdefault((r["target"], r["workload"], r["conns"]), []).append(r["cpu_us_per_req"])
+    for (target, workload, conns), figures in cpu.items():
+        if target == "gateway-upstream" and ("gateway", workload, conns) in cpu:
+            up, nexus = statistics.median(figures), statistics.median(cpu[("gateway", workload, conns)])
+            print(f"{workload} at {conns} conns: plain upstream/Nexus instance CPU/req {up / nexus:.3f}x "
+                  f"(medians of {len(figures)}: {up:.1f} / {nexus:.1f} µs; goal <= 1.05)")
     for workload in sorted({r["workload"] for r in results}):
         for conns in sorted({r["conns"] for r in results}):
             lim, gw = by.get(("gateway-limited", workload, conns)), by.get(("gateway", workload, conns))

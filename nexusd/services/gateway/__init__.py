@@ -23,11 +23,12 @@ from nexusd.runtime.settings import ConfigError
 from nexusd.runtime.tls import client_context, server_context
 from nexusd.services.gateway import diagnosis
 from nexusd.services.gateway.aggregation import Aggregation
-from nexusd.services.gateway.aliases import AliasError, conflicts, load_aliases
+from nexusd.services.gateway.aliases import conflicts
 from nexusd.services.gateway.allowlist import AllowList
 from nexusd.services.gateway.auth import make_auth_check
 from nexusd.services.gateway.balancer import Balancer
 from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
+from nexusd.services.gateway.fallbacks import Fallbacks
 from nexusd.services.gateway.instances import Instance, InstanceSet
 from nexusd.services.gateway.keys import KeyFileError, KeyStore
 from nexusd.services.gateway.localunits import LocalUnitsDiscovery
@@ -42,6 +43,7 @@ from nexusd.services.gateway.response_store import ResponseStore
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings, split_list
 from nexusd.services.gateway.statuspage import RecentErrors, status_handler
+from nexusd.services.gateway.upstreams import UpstreamSet
 
 log = logging.getLogger("nexusd.gateway")
 
@@ -80,6 +82,7 @@ class GatewayService(Service):
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
         self.proxy.quotas = Quotas(QuotaShare(  # per-key token quotas, summed over every gateway via etcd
             runtime.instance_id, (lambda: etcd_client(shared)) if shared.etcd_endpoint_list else None))
+        self.upstreams = UpstreamSet(self.instances, retry=settings.poll_interval, on_change=self.rebuild)
         self.aggregation = Aggregation(self)
         self.protocols = ProtocolRoutes(self.proxy, ResponseStore(
             settings.responses_store_count, settings.responses_store_bytes, settings.responses_store_ttl))
@@ -180,11 +183,12 @@ class GatewayService(Service):
     async def start(self) -> None:
         logging.getLogger().addHandler(self.recent_errors)
         self._load_keys()
-        self._load_aliases()
+        self._load_upstreams()
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
         self.proxy.quotas.share.start()
         await self.instances.start()
+        await self.upstreams.start()
         add_static(self.instances, self.settings.static_backends or {})
         if self.etcd is not None:
             await self.etcd.start()
@@ -207,6 +211,7 @@ class GatewayService(Service):
             await self.local_units.stop()
         if self.etcd is not None:
             await self.etcd.stop()
+        await self.upstreams.stop()
         await self.instances.stop()
         await self.proxy.quotas.share.stop()
         await self.proxy.stop()
@@ -215,24 +220,26 @@ class GatewayService(Service):
         self._load_keys()
         if self.local_units is not None:
             self.local_units.rescan()
-        self._load_aliases()
+        self._load_upstreams()
         self.rebuild()
 
-    def _load_aliases(self) -> None:
-        try:
-            aliases = load_aliases(self.settings.upstreams)
-            clash = conflicts(aliases, self.proxy.table.known_models)
-            if clash:
-                raise AliasError(f"{self.settings.upstreams}: [aliases] {', '.join(clash)}: "
-                                 "already the name of a served model (a model id or a metadata alias)")
-        except AliasError as exc:
-            if not self.runtime.ready:
-                raise ConfigError(f"NEXUS_GATEWAY_UPSTREAMS: {exc}") from None
-            log.error("aliases not reloaded, keeping the previous ones: %s", exc)
+    def _load_upstreams(self) -> None:
+        # One parse of the upstreams file: [upstreams.*], [fallbacks], [aliases].
+        if not self.upstreams.load(self.settings.upstreams, at_start=not self.runtime.ready):
             return
-        self.aliases = aliases
-        if aliases:
-            log.info("loaded %d model aliases", len(aliases))
+        aliases = self.upstreams.loaded.aliases
+        clash = conflicts(aliases, self.proxy.table.known_models)
+        if clash:
+            message = (f"{self.settings.upstreams}: [aliases] {', '.join(clash)}: "
+                       "already the name of a served model (a model id or a metadata alias)")
+            if not self.runtime.ready:
+                raise ConfigError(f"NEXUS_GATEWAY_UPSTREAMS: {message}")
+            log.error("aliases not reloaded, keeping the previous ones: %s", message)
+        else:
+            self.aliases = aliases
+            if aliases:
+                log.info("loaded %d model aliases", len(aliases))
+        self.proxy.fallbacks = Fallbacks(self.upstreams.loaded.fallbacks)
 
     def _load_keys(self) -> None:
         try:
@@ -258,6 +265,8 @@ class GatewayService(Service):
         # unreadiness (the gateway then answers 503 per route, and stays the front door).
         if not self.instances.polled_once.is_set():
             raise RuntimeError("first poll of the static backends not done")
+        if not self.upstreams.polled_once.is_set():
+            raise RuntimeError("first poll of the plain upstreams not done")
         if self.etcd is not None and not self.etcd.synced.is_set():
             raise RuntimeError("etcd not listed yet")
         ready = len(self.instances.routable())

@@ -6,7 +6,8 @@ default /etc/nexus/upstreams.toml, optional), so the names clients send (`claude
     "claude-sonnet-4-5" = "smollm2:135m"
     "gpt-5" = "smollm2:135m"
 
-Reread on SIGHUP. The file's other tables belong to the plain upstreams (not read here). An alias
+Reread on SIGHUP, with the rest of the file (upstreams.py parses it once and calls
+`parse_aliases`). An alias
 must not name a model id or a metadata alias some backend serves (the backend's model would
 become unreachable by that name): at load that is a configuration error; found later (a backend
 discovered after the load) the alias is set aside, logged and shown in /v1/metadata, and the
@@ -39,15 +40,19 @@ def load_aliases(path: Path) -> dict[str, str]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise AliasError(f"{path}: not valid TOML: {exc}") from None
-    table = doc.get("aliases", {})
+    return parse_aliases(doc.get("aliases", {}), str(path))
+
+
+def parse_aliases(table: object, where: str) -> dict[str, str]:
+    """The `[aliases]` table of a parsed upstreams file (upstreams.py reads the file once)."""
     if not isinstance(table, dict):
-        raise AliasError(f"{path}: [aliases] must be a table of \"alias\" = \"model\"")
+        raise AliasError(f"{where}: [aliases] must be a table of \"alias\" = \"model\"")
     aliases: dict[str, str] = {}
     for alias, model in table.items():
         if not isinstance(model, str) or not model.strip() or len(model) > 256 or len(alias) > 256:
-            raise AliasError(f"{path}: [aliases] {alias!r}: the target must be a model name (a non-empty string)")
+            raise AliasError(f"{where}: [aliases] {alias!r}: the target must be a model name (a non-empty string)")
         if model in table:
-            raise AliasError(f"{path}: [aliases] {alias!r} points to another alias {model!r}; name the model")
+            raise AliasError(f"{where}: [aliases] {alias!r} points to another alias {model!r}; name the model")
         aliases[alias] = model
     return aliases
 

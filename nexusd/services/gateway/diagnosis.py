@@ -38,6 +38,9 @@ def sources(gw: GatewayService) -> list[dict[str, Any]]:
         out.append({"source": "units", **local.state()})
     if gw.settings.static_backends:
         out.append({"source": "static", "backends": dict(gw.settings.static_backends)})
+    if gw.upstreams.loaded.upstreams:  # plain OpenAI-compatible upstreams (upstreams.py)
+        out.append({"source": "upstreams", "file": str(gw.settings.upstreams),
+                    "upstreams": {n: u.base_url for n, u in gw.upstreams.loaded.upstreams.items()}})
     return out
 
 
@@ -64,7 +67,7 @@ def why(gw: GatewayService, op: str) -> str:
         if not etcd["registrations"] and not gw.instances.instances:
             return (f"no service is registered in etcd at {where}: start one{start} with the same "
                     "NEXUS_ETCD_ENDPOINTS (/etc/nexus/common.env)")
-    elif not any(s["source"] == "static" or any(x["enabled"] for x in s.get("services", [])) for s in srcs):
+    elif not any(s["source"] in ("static", "upstreams") or any(x["enabled"] for x in s.get("services", [])) for s in srcs):
         return ("no backends: no etcd (NEXUS_ETCD_ENDPOINTS is empty), no static backends "
                 "(<NAME>_BASE_URL), and no nexusd service is enabled on this host; start one" + start
                 + ", or set NEXUS_ETCD_ENDPOINTS in /etc/nexus/common.env (docs/multi-host.md)")

@@ -14,13 +14,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from pydantic import ValidationError
 
 from nexusd.runtime.metadata import MetadataDocument
 from nexusd.services.gateway.allowlist import AllowList
+
+if TYPE_CHECKING:
+    from nexusd.services.gateway.upstreams import Upstream
 
 log = logging.getLogger("nexusd.gateway.instances")
 
@@ -66,6 +69,7 @@ class Instance:
     ejected_until: float = 0.0
     failures: int = 0  # consecutive
     served: int = 0
+    upstream: Upstream | None = None  # a plain OpenAI-compatible upstream (upstreams.py polls it)
 
     @property
     def name(self) -> str:
@@ -188,7 +192,7 @@ class InstanceSet:
                 pass
 
     async def poll_all(self) -> None:
-        instances = list(self.instances.values())
+        instances = [i for i in self.instances.values() if i.upstream is None]
         if not instances:
             return
         if self.allow is not None:

@@ -103,6 +103,9 @@ class GatewayMetrics:
                                  ["instance"], registry=registry)
         self.retries = Counter("nexus_gateway_retries", "Requests retried on another instance after a connect error",
                                registry=registry)
+        self.fallbacks = Counter("nexus_gateway_fallbacks", "Requests passed to the next model of their "
+                                 "[fallbacks] list, by the model that failed and the one tried next",
+                                 ["model", "fallback"], registry=registry)
         self.discovery_events = Counter("nexus_gateway_discovery_events",
                                         "Discovery events (added, removed, relist, watch_error, ...)",
                                         ["event"], registry=registry)

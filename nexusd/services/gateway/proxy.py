@@ -25,11 +25,14 @@ from nexusd.runtime.validation import loads, read_within
 from nexusd.services.gateway.auth import API_KEY
 from nexusd.services.gateway.balancer import EJECTING_STATUSES, Balancer
 from nexusd.services.gateway.chatstream import dumps
+from nexusd.services.gateway.fallbacks import Fallbacks, TryNext, forward_chain
+from nexusd.services.gateway.fallbacks import acquire as acquire_or_next
 from nexusd.services.gateway.instances import Instance
 from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
 from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.routing import Route, RoutingTable
+from nexusd.services.gateway.streamusage import UsageChunkFilter, ask_for_usage
 
 if TYPE_CHECKING:
     from nexusd.services.gateway.settings import GatewaySettings
@@ -79,6 +82,7 @@ class Proxy:
         self.metrics = metrics
         self.table = RoutingTable()
         self.aliases: dict[str, str] = {}  # the gateway's model aliases in force (aliases.py)
+        self.fallbacks = Fallbacks({})  # the [fallbacks] of the upstreams file (fallbacks.py)
         self.internal_token = internal_token
         self.session: aiohttp.ClientSession | None = None
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
@@ -129,22 +133,32 @@ class Proxy:
             model, stream = inspect_json(body, native=route.operation_id.startswith(NATIVE_PREFIX))
             if model is not None and model in self.aliases:  # the gateway's [aliases] (aliases.py)
                 body = dumps({**loads(body), "model": self.aliases[model]})
-        instances, model_id = self.table.candidates(route, self.aliases.get(model, model) if model else model)
-        key = request[API_KEY]
-        check_scope(key, route.operation_id, model_id, model)
-        self.quotas.admit(request, key, body)
         if stream and not route.streaming:
             raise ApiError(400, f"{route.operation_id} does not support stream=true", param="stream",
                            code="streaming_unsupported")
-        return await self.forward(request, route, instances, body, model_id, key)
+        key = request[API_KEY]
+        target = self.aliases.get(model, model) if model else model
+        chain = self.fallbacks.chain(target) if self.fallbacks and target else None
+        if chain is not None:
+            self.quotas.admit(request, key, body)
+            return await forward_chain(self, request, route, chain, body, key, target, stream,  # type: ignore[arg-type]
+                                       check_scope)
+        instances, model_id = self.table.candidates(route, target)
+        check_scope(key, route.operation_id, model_id, model)
+        self.quotas.admit(request, key, body)
+        return await self.forward(request, route, instances, body, model_id, key, stream=stream)
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
                       body: bytes | Callable[[], Any], model_id: str, key: ApiKey,
-                      path: str | None = None, slot: bool = True, answer: Any = None) -> web.StreamResponse:
+                      path: str | None = None, slot: bool = True, answer: Any = None,
+                      fallback: bool = False, stream: bool = False) -> web.StreamResponse:
         """`body`: the bytes to send, or a callable giving a fresh payload per attempt (a
         spooled upload, multipart.py). `slot=False`: the caller admitted the request itself
         (image files do, so that a flood of file fetches never takes an instance's generation
-        slots). `answer`: reads the upstream's answer instead of `relay` (protocols.py translates)."""
+        slots). `answer`: reads the upstream's answer instead of `relay` (protocols.py
+        translates). `fallback`: another model follows (fallbacks.py): a failure before the first
+        byte reached the client raises TryNext rather than answering. `stream`: the body asks
+        for one."""
         assert self.session is not None
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -162,18 +176,28 @@ class Proxy:
         for attempt in (0, 1):
             inst = self.balancer.pick(instances, exclude=tried)
             if inst is None:
+                if fallback:
+                    raise TryNext("no live instance")
                 if tried is not None:
                     raise ApiError(502, "Upstream connection failed", code="upstream_unreachable")
                 raise ApiError(503, f"No live instance serves {op}", code="no_instance_available",
                                headers={"Retry-After": "2"})
             if slot:
-                await self.balancer.acquire(inst, model_id)
+                await (acquire_or_next(self.balancer, inst, model_id) if fallback else
+                       self.balancer.acquire(inst, model_id))
+            up, strip = inst.upstream, None
+            if up is None:
+                url, send, data, timeout = inst.base_url + url_path, headers, body, self.timeout(op)
+            else:  # a plain upstream (upstreams.py): its URL layout, its key, never our token
+                url, send, timeout = up.url(url_path), up.headers(headers), up.timeout or self.timeout(op)
+                data, drop_usage = ask_for_usage(op, body, stream) \
+                    if up.include_usage and isinstance(body, bytes) else (body, False)
+                strip = UsageChunkFilter() if drop_usage else None
             try:
                 try:
                     resp = await self.session.request(
-                        request.method, inst.base_url + url_path, headers=headers,
-                        data=body() if callable(body) else (body or None),
-                        timeout=self.timeout(op), allow_redirects=False)
+                        request.method, url, data=data() if callable(data) else (data or None), headers=send,
+                        timeout=timeout, allow_redirects=False)
                 except aiohttp.ClientConnectorError:
                     # Nothing reached the upstream: safe to try another instance, once.
                     self.balancer.failed(inst, connect=True)
@@ -182,9 +206,13 @@ class Proxy:
                         self.metrics.retries.inc()
                         tried = inst
                         continue
+                    if fallback:
+                        raise TryNext("connect error") from None
                     raise ApiError(502, "Upstream connection failed", code="upstream_unreachable") from None
                 except TimeoutError:
                     self.balancer.failed(inst, connect=False)
+                    if fallback:
+                        raise TryNext("timed out") from None
                     raise ApiError(504, f"Upstream {inst.name} timed out", code="upstream_timeout") from None
                 except (aiohttp.InvalidURL, ValueError, UnicodeError):
                     # The client's request could not be turned into an upstream one: its fault,
@@ -193,9 +221,18 @@ class Proxy:
                                    code="invalid_request") from None
                 except aiohttp.ClientError as exc:
                     self.balancer.failed(inst, connect=False)
+                    if fallback:
+                        raise TryNext(type(exc).__name__) from None
                     raise ApiError(502, f"Upstream error: {type(exc).__name__}", code="upstream_error") from None
                 try:
-                    return await (answer or self.relay)(request, resp, inst, op, model_id, key, start)
+                    if fallback and (resp.status >= 500 or resp.status == 429):
+                        if resp.status in EJECTING_STATUSES:
+                            self.balancer.failed(inst, connect=False)
+                        self.metrics.observe(op, model_id, resp.status, inst.name, key.name, None)
+                        raise TryNext(f"answered {resp.status}")
+                    if answer is not None:
+                        return await answer(request, resp, inst, op, model_id, key, start)
+                    return await self.relay(request, resp, inst, op, model_id, key, start, strip)
                 finally:
                     resp.release()
             finally:
@@ -204,7 +241,8 @@ class Proxy:
         raise AssertionError("unreachable")
 
     async def relay(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,
-                    model_id: str, key: ApiKey, start: float) -> web.StreamResponse:
+                    model_id: str, key: ApiKey, start: float,
+                    strip: UsageChunkFilter | None = None) -> web.StreamResponse:
         upstream_seconds = time.perf_counter() - start
         status = resp.status
         if status in EJECTING_STATUSES:
@@ -214,6 +252,8 @@ class Proxy:
         inst.served += 1
         headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_BACK}
         headers["X-Nexus-Instance"] = inst.name
+        if model_id:
+            headers["X-Nexus-Model"] = model_id  # the model that served (a fallback's, say)
         self.metrics.observe(op, model_id, status, inst.name, key.name, upstream_seconds)
         length = resp.content_length
         sse = mime(resp) == "text/event-stream"
@@ -233,10 +273,11 @@ class Proxy:
         if key.tpm:
             self.quotas.settle(request, key, None, failed=status >= 400)
             headers.update(self.quotas.headers(key))
-        return await self.relay_stream(request, resp, inst, op, key, headers, sse)
+        return await self.relay_stream(request, resp, inst, op, key, headers, sse, strip)
 
     async def relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance,
-                           op: str, key: ApiKey, headers: dict[str, str], sse: bool) -> web.StreamResponse:
+                           op: str, key: ApiKey, headers: dict[str, str], sse: bool,
+                           strip: UsageChunkFilter | None = None) -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, headers=headers)
         if sse:
             out.headers["Cache-Control"] = "no-cache"
@@ -251,7 +292,9 @@ class Proxy:
                     self.metrics.observe_first_byte(op, time.perf_counter() - started)
                     first = False
                 try:
-                    await out.write(chunk)
+                    data = strip.feed(chunk) if strip is not None else chunk  # streamusage.py
+                    if data:
+                        await out.write(data)
                 except (ConnectionError, RuntimeError, aiohttp.ClientError):
                     # Our client went away: the upstream connection is closed on release, and
                     # it is not the instance's failure.
@@ -276,6 +319,8 @@ class Proxy:
                 return out
             await out.write(error_event(ApiError(502, f"Upstream {inst.name} ended the stream early",
                                                      type="server_error", code="upstream_disconnected")))
+        if strip is not None and strip.pending:
+            await out.write(strip.flush())
         await out.write_eof()
         return out
 

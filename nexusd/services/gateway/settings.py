@@ -76,8 +76,9 @@ class GatewaySettings(ServiceSettings):
         "", description="CIDRs and hostnames (comma-separated) that instances registered in etcd may be at; "
                         "others are never contacted nor sent the internal token. Unset: unrestricted")
     upstreams: Path = Field(Path("/etc/nexus/upstreams.toml"),
-                            description="Upstreams file (TOML, optional); its [aliases] table maps the model "
-                                        "names clients send to served models; reloaded on SIGHUP")
+                            description="Upstreams file (TOML, optional): plain OpenAI-compatible upstreams, "
+                                        "[fallbacks] and [aliases] (the model names clients send → served "
+                                        "models); reloaded on SIGHUP")
     responses_store_count: int = Field(10000, ge=0, description="Responses kept for previous_response_id "
                                                                 "(store: true), at most; 0 = none")
     responses_store_bytes: int = Field(64 << 20, ge=0, description="Responses store: bytes at most")
