@@ -11,7 +11,13 @@ from aiohttp import web, web_response
 
 from nexusd.runtime.errors import ErrorFormat
 from nexusd.runtime.metadata import EndpointInfo, MetadataDocument, ServiceInfo
-from nexusd.runtime.pipeline import RequestPipeline, add_request_id_header, catch_all, unmatched
+from nexusd.runtime.pipeline import (
+    ERROR_FORMATS,
+    RequestPipeline,
+    add_request_id_header,
+    catch_all,
+    unmatched,
+)
 from nexusd.runtime.service import Endpoint, Listener, Service
 
 if TYPE_CHECKING:
@@ -93,6 +99,7 @@ def build_app(service: Service, listener: Listener, readiness: Readiness,
     )
 
     formats: dict[str, ErrorFormat] = {}  # resource → its routes' error format, for 405s
+    app[ERROR_FORMATS] = formats
 
     def add(method: str, path: str, handler: Any, endpoint: Endpoint | None = None,
             liveness: bool = False, probe: bool = False) -> None:

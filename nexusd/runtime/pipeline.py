@@ -188,6 +188,9 @@ def unmatched(formats: dict[str, ErrorFormat]) -> Any:
 
 
 UNMATCHED = "{nexus_unmatched"
+# resource → its routes' error format (app.py): for a 405 that a service's own catch-all route
+# (the gateway's relay) answers in the format of the route owning the path.
+ERROR_FORMATS = web.AppKey("nexus_error_formats", dict)
 
 
 def catch_all(prefix: str = "/") -> str:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from nexusd.runtime.errors import ApiError
+from nexusd.runtime.errors import ApiError, ErrorFormat
 from nexusd.runtime.logs import request_id_var
+from nexusd.runtime.pipeline import ERROR_FORMATS
 from nexusd.runtime.sse import error_event
 from nexusd.runtime.validation import loads, read_within
 from nexusd.services.gateway.auth import API_KEY
@@ -119,7 +120,12 @@ class Proxy:
 
     # --- the handler ---------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        route = self.table.route(request.method, request.path)
+        try:
+            route = self.table.route(request.method, request.path)
+        except ApiError as exc:
+            if exc.status == 404:
+                await own_route_other_method(request)
+            raise
         body = b""
         model: str | None = None
         stream = False
@@ -339,6 +345,27 @@ def header_value(value: str, name: str) -> str:
     if value.isascii() and value.isprintable():
         return value
     raise ApiError(400, f"{name} header has characters that cannot be forwarded", code="invalid_request")
+
+
+async def own_route_other_method(request: web.Request) -> None:
+    """aiohttp hands a method mismatch on one of the gateway's own routes (GET /v1/models, POST
+    /v1/responses, ...) to the catch-all relay route, which knows only the backends' routes: say
+    405 with the methods the gateway's own route takes, as for any other route, not 404."""
+    allowed: set[str] = set()
+    fmt: ErrorFormat | None = None
+    for resource in request.app.router.resources():
+        if "{tail" in resource.canonical:  # the relay routes themselves
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None and methods:
+            allowed |= methods
+            fmt = fmt or request.app[ERROR_FORMATS].get(resource.canonical)
+    allowed.discard("HEAD")
+    if allowed:
+        error = ApiError(405, f"Method not allowed; allowed: {', '.join(sorted(allowed))}",
+                         code="method_not_allowed", headers={"Allow": ", ".join(sorted(allowed))})
+        error.format = fmt
+        raise error
 
 
 async def read_body(request: web.Request, timeout: float) -> bytes:
