@@ -297,7 +297,11 @@ class LlamaCppEngine(Engine):
             if not f.cancelled() and f.exception() is None:
                 self.metrics.generated.labels(m.name).inc(f.result().completion_tokens)  # thread-safe
             pieces.close(_END)
-            loop.call_soon_threadsafe(lambda: left.done() or left.set_result(None))
+            loop.call_soon_threadsafe(mark_left)
+
+        def mark_left() -> None:
+            if not left.done():
+                left.set_result(None)
 
         async def submitted() -> Result:
             try:
