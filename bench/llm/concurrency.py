@@ -1,6 +1,7 @@
 """LLM concurrency benchmark: many streams at once through `nexusd run ollama` (engine llamacpp),
 continuous batching at NEXUS_OLLAMA_PARALLEL=P vs PARALLEL=1 (one generation at a time, the
-engine before batching) in the same run, plus llama-cpp-python called directly for one stream.
+engine before batching) in the same run, plus llama-cpp-python called directly for one stream,
+and a raw-decode ceiling: the engine's batched decode loop (engines/batch.py) in-process, no HTTP.
 
     python -m bench llm --concurrency 1,2,4,8 [--tokens 64] [--threads 2] [--parallel 8] [--rounds 2]
 
@@ -91,6 +92,29 @@ def level(port: int, c: int, tokens: int, bias: dict[str, float], seed: int) -> 
             "decode": [r["decode"] for r in out]}
 
 
+def raw_level(llm, parallel: int, ctx: int, c: int, tokens: int, bias: dict[int, float], seed: int) -> float:
+    """Aggregate tokens/s of C sequences through a Batcher alone (built per call: same settings)."""
+    import llama_cpp
+
+    from nexusd.services.ollama.engines.batch import Batcher
+    from nexusd.services.ollama.engines.sampling import SamplerChain, SamplingParams
+    from nexusd.services.ollama.engines.sequence import GenParams, Sequence
+
+    vocab = llm._model.vocab
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+    b = Batcher(llm._model.model, llm.context_params, llm.n_vocab(), parallel, ctx, 512, "raw")
+    try:
+        seqs = [Sequence(prompt, GenParams(max_tokens=tokens), SamplerChain(vocab, llm.n_vocab(), SamplingParams(
+            temperature=0.8, top_p=0.95, seed=seed + i, logit_bias=bias)), lambda t: llm.detokenize([t]),
+            lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t))) for i in range(c)]
+        t0 = time.perf_counter()
+        futures = [b.submit(s, None, lambda: None, threading.Event()) for s in seqs]
+        n = sum(f.result().completion_tokens for f in futures)
+        return n / (time.perf_counter() - t0)
+    finally:
+        b.close()
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -118,6 +142,7 @@ def main(args) -> int:
                 "PARALLEL=1": start_service(gguf, args.threads, args.ctx, 1)}
     results: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in services}
     direct: list[float] = []
+    raw: dict[int, list[float]] = {c: [] for c in levels}
     try:
         for _, port in services.values():
             level(port, 1, 8, bias, 0)  # warm-up
@@ -125,6 +150,7 @@ def main(args) -> int:
         for r in range(args.rounds):
             direct.append(direct_run(llm, args.tokens, bias_int, r + 1)["tps"])
             for c in levels:
+                raw[c].append(raw_level(llm, parallel, args.ctx, c, args.tokens, bias_int, 100 * r))
                 for name, (_, port) in services.items():
                     results[name][c].append(level(port, c, args.tokens, bias, 100 * r))
         rss = {name: peak_rss_mib(svc.pid) for name, (svc, _) in services.items()}
@@ -150,11 +176,15 @@ def main(args) -> int:
             print(f"{name:14}{c:>8}{agg:>12.1f}{agg / base:>10.2f}{statistics.median(per):>16.1f}{min(per):>8.1f}"
                   f"{pct(ttft, 0.5) * 1000:>13.0f}{pct(ttft, 0.99) * 1000:>9.0f}")
         print(f"{name:14} peak RSS {rss[name]:.0f} MiB")
+    base = statistics.median(raw[levels[0]])
+    for c in levels:
+        agg = statistics.median(raw[c])
+        print(f"{'raw decode':14}{c:>8}{agg:>12.1f}{agg / base:>10.2f}   (batch.Batcher in-process, PARALLEL={parallel})")
     if levels[0] == 1:
         one = statistics.median(x["decode"][0] for x in results[f"PARALLEL={parallel}"][1])
         print(f"1 stream decode tok/s through the service (PARALLEL={parallel}) / direct: "
               f"{one / statistics.median(direct):.3f} (goal >= 0.95)")
     if args.json:
-        args.json.write_text(json.dumps({"direct_tps": direct, "results": results, "summary": summary}, indent=2,
+        args.json.write_text(json.dumps({"direct_tps": direct, "raw": raw, "results": results, "summary": summary}, indent=2,
                                         default=str))
     return 0
