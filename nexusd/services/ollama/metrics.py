@@ -32,6 +32,14 @@ class LlmMetrics:
         self.generated = Counter("nexus_llm_generated_tokens",
                                  "Tokens generated (llamacpp), including by generations whose client left",
                                  ["model"], registry=registry)
+        # llamacpp continuous batching (engines/batch.py), observed once per decode step.
+        self.batch_sequences = Histogram("nexus_llm_batch_sequences", "Sequences in a decode step (batch occupancy)",
+                                         ["model"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
+        self.decode_step = Histogram("nexus_llm_decode_step_seconds", "Duration of one llama_decode step",
+                                     ["model"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+                                     registry=registry)
+        self.prefill_tokens = Counter("nexus_llm_prefill_tokens", "Prompt tokens evaluated in decode steps",
+                                      ["model"], registry=registry)
         self.loaded_models = Gauge("nexus_ollama_loaded_models", "Models the daemon holds in memory (/api/ps)",
                                    registry=registry)
         self.model_vram = Gauge("nexus_ollama_model_vram_bytes", "VRAM used by a loaded model (/api/ps size_vram)",

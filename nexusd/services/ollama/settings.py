@@ -47,7 +47,14 @@ class OllamaSettings(ServiceSettings):
     )
     max_tokens: int = Field(4096, ge=1, le=1 << 20, description="Cap on max_tokens of any request")
     context: int = Field(
-        4096, ge=0, le=1 << 20, description="llamacpp: context window in tokens (0 = the model's own)"
+        4096, ge=0, le=1 << 20,
+        description="llamacpp: context window per sequence in tokens (0 = the model's own); KV memory = parallel × context",
+    )
+    parallel: int = Field(
+        4, ge=1, le=256, description="llamacpp: sequences per model decoded together (continuous batching)"
+    )
+    batch: int = Field(
+        512, ge=1, le=1 << 16, description="llamacpp: tokens per decode step (prompt prefill is chunked by it)"
     )
     threads: int = Field(0, ge=0, le=1024, description="llamacpp: CPU threads (0 = llama.cpp's default)")
     gpu_layers: int = Field(

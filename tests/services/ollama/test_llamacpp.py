@@ -27,7 +27,7 @@ MSGS = [{"role": "user", "content": "Say hello."}]
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     env = {"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_CONTEXT": "512", "NEXUS_OLLAMA_THREADS": "1",
-           "NEXUS_OLLAMA_MAX_QUEUE": "0"}
+           "NEXUS_OLLAMA_MAX_QUEUE": "0", "NEXUS_OLLAMA_PARALLEL": "1"}  # one slot: the queue tests fill it
     with run_service("ollama", tmp_path_factory.mktemp("llamacpp"), env=env, ready_timeout=120) as s:
         yield s
 

