@@ -96,9 +96,9 @@ def raw_level(llm, parallel: int, ctx: int, c: int, tokens: int, bias: dict[int,
     """Aggregate tokens/s of C sequences through a Batcher alone (built per call: same settings)."""
     import llama_cpp
 
-    from nexusd.services.ollama.engines.batch import Batcher
-    from nexusd.services.ollama.engines.sampling import SamplerChain, SamplingParams
-    from nexusd.services.ollama.engines.sequence import GenParams, Sequence
+    from nexusd.services.ollama.backends.batch import Batcher
+    from nexusd.services.ollama.backends.sampling import SamplerChain, SamplingParams
+    from nexusd.services.ollama.backends.sequence import GenParams, Sequence
 
     vocab = llm._model.vocab
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
@@ -130,7 +130,7 @@ def pct(values: list[float], q: float) -> float:
 def main(args) -> int:
     import llama_cpp
 
-    from nexusd.services.ollama.engines.llamacpp import default_gguf
+    from nexusd.services.ollama.backends.llamacpp import default_gguf
 
     gguf = args.gguf or default_gguf()
     levels = [int(x) for x in args.concurrency.split(",")]

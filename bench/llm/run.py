@@ -125,8 +125,8 @@ def chat_run(port: int, tokens: int, seed: int, bias: dict[int, float] | None, s
 def grammar_build_ms(gguf: str) -> dict[str, float]:
     import llama_cpp
 
-    from nexusd.services.ollama.engines import grammar
-    from nexusd.services.ollama.engines.sampling import SamplerChain, SamplingParams
+    from nexusd.services.ollama.backends import grammar
+    from nexusd.services.ollama.backends.sampling import SamplerChain, SamplingParams
 
     llm = llama_cpp.Llama(gguf, vocab_only=True, verbose=False)
     t0 = time.perf_counter()
@@ -156,7 +156,7 @@ def main() -> int:
 
     import llama_cpp
 
-    from nexusd.services.ollama.engines.llamacpp import default_gguf
+    from nexusd.services.ollama.backends.llamacpp import default_gguf
 
     gguf = args.gguf or default_gguf()
     if gguf is None:

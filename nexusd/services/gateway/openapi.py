@@ -18,11 +18,11 @@ from pydantic.json_schema import models_json_schema
 
 # (method, path, operation id, "module:Model" of the request body or None, summary, needs a key)
 OPERATIONS: list[tuple[str, str, str, str | None, str, bool]] = [
-    ("POST", "/v1/chat/completions", "chat.completions", "nexusd.services.ollama.openai_api:ChatRequest",
+    ("POST", "/v1/chat/completions", "chat.completions", "nexusd.services.ollama.request:ChatRequest",
      "Chat completion (SSE with stream=true)", True),
-    ("POST", "/v1/completions", "completions", "nexusd.services.ollama.openai_api:CompletionRequest",
+    ("POST", "/v1/completions", "completions", "nexusd.services.ollama.request:CompletionRequest",
      "Text completion (SSE with stream=true)", True),
-    ("POST", "/v1/embeddings", "embeddings", "nexusd.services.ollama.openai_api:EmbeddingRequest",
+    ("POST", "/v1/embeddings", "embeddings", "nexusd.services.ollama.request:EmbeddingRequest",
      "Embeddings", True),
     ("POST", "/v1/images/generations", "images.generate", "nexusd.services.images.request:GenerationRequest",
      "Image generation", True),

@@ -15,9 +15,9 @@ from aiohttp import web
 from nexusd.runtime import Capabilities, Endpoint, Resources, Service, parse_json
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.metadata import Concurrency, ModelInfo
-from nexusd.services.ollama.engines import Engine
+from nexusd.services.ollama.backends import Engine
 from nexusd.services.ollama.metrics import LlmMetrics
-from nexusd.services.ollama.openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
+from nexusd.services.ollama.request import ChatRequest, CompletionRequest, EmbeddingRequest
 from nexusd.services.ollama.settings import OllamaSettings
 from nexusd.services.ollama.units import unit_files
 
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 
 def make_engine(service: OllamaService) -> Engine:
     if service.settings.engine == "llamacpp":
-        from nexusd.services.ollama.engines.llamacpp import LlamaCppEngine
+        from nexusd.services.ollama.backends.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(service)
-    from nexusd.services.ollama.engines.ollama import OllamaEngine
+    from nexusd.services.ollama.backends.ollama import OllamaEngine
 
     return OllamaEngine(service)
 

@@ -32,7 +32,7 @@ class LlmMetrics:
         self.generated = Counter("nexus_llm_generated_tokens",
                                  "Tokens generated (llamacpp), including by generations whose client left",
                                  ["model"], registry=registry)
-        # llamacpp continuous batching (engines/batch.py), observed once per decode step.
+        # llamacpp continuous batching (backends/batch.py), observed once per decode step.
         self.batch_sequences = Histogram("nexus_llm_batch_sequences", "Sequences in a decode step (batch occupancy)",
                                          ["model"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
         self.decode_step = Histogram("nexus_llm_decode_step_seconds", "Duration of one llama_decode step",

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from nexusd.services.gateway.openapi import render
-from nexusd.services.ollama.openai_api import ChatRequest
+from nexusd.services.ollama.request import ChatRequest
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 

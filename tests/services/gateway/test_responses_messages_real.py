@@ -13,7 +13,7 @@ import openai
 import pytest
 
 pytest.importorskip("llama_cpp.server.app")
-from nexusd.services.ollama.engines.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402
+from nexusd.services.ollama.backends.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402
 from tests.helpers.net import wait_for  # noqa: E402
 from tests.helpers.proc import run_service  # noqa: E402
 from tests.services.gateway.harness import make_keys, run_gateway  # noqa: E402

@@ -20,7 +20,7 @@ from tests.services.gateway.plain_upstreams import (
 )
 
 pytest.importorskip("llama_cpp.server.app")
-from nexusd.services.ollama.engines.llamacpp import default_gguf  # noqa: E402
+from nexusd.services.ollama.backends.llamacpp import default_gguf  # noqa: E402
 
 GGUF = default_gguf()
 if GGUF is None:

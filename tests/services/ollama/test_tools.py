@@ -8,7 +8,7 @@ import json
 import pytest
 
 from nexusd.runtime.errors import ApiError
-from nexusd.services.ollama.engines import tools
+from nexusd.services.ollama.backends import tools
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa\\"ris", "n": [1, {"a": "}"}]}}\n</tool_call>'
 

@@ -13,7 +13,7 @@ from nexusd.runtime.service import Check, Endpoint
 
 if TYPE_CHECKING:
     from nexusd.services.ollama import OllamaService
-    from nexusd.services.ollama.openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
+    from nexusd.services.ollama.request import ChatRequest, CompletionRequest, EmbeddingRequest
 
 
 class Engine(ABC):

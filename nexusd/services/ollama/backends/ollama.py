@@ -24,8 +24,8 @@ from nexusd.runtime.errors import ApiError
 from nexusd.runtime.http import client_session
 from nexusd.runtime.metadata import ModelInfo
 from nexusd.runtime.service import Check, Endpoint
-from nexusd.services.ollama.engines import Engine
-from nexusd.services.ollama.engines.upstream import (
+from nexusd.services.ollama.backends import Engine
+from nexusd.services.ollama.backends.upstream import (
     DOWN_ERRORS,
     daemon_down,
     passthrough,
@@ -33,7 +33,7 @@ from nexusd.services.ollama.engines.upstream import (
 )
 from nexusd.services.ollama.metrics import GenerationTimer
 from nexusd.services.ollama.native_caps import CAPPED_ROUTES, capped_body
-from nexusd.services.ollama.openai_api import (
+from nexusd.services.ollama.request import (
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,

@@ -27,8 +27,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexusd.services.ollama.engines.sampling import logits_row
-from nexusd.services.ollama.engines.sequence import Emit, Result, Sequence
+from nexusd.services.ollama.backends.sampling import logits_row
+from nexusd.services.ollama.backends.sequence import Emit, Result, Sequence
 
 log = logging.getLogger("nexusd.ollama.batch")
 

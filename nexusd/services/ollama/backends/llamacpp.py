@@ -28,21 +28,21 @@ from nexusd.runtime.errors import ApiError
 from nexusd.runtime.metadata import Concurrency, ModelInfo
 from nexusd.runtime.service import Check, Endpoint
 from nexusd.runtime.settings import ConfigError
-from nexusd.services.ollama.engines import Engine, tools
-from nexusd.services.ollama.engines.batch import Batcher, StepStats
-from nexusd.services.ollama.engines.embedder import Embedder
-from nexusd.services.ollama.engines.generation import PieceBatcher
-from nexusd.services.ollama.engines.llamacpp_native import NativeApi
-from nexusd.services.ollama.engines.llamacpp_openai import (
+from nexusd.services.ollama.backends import Engine, tools
+from nexusd.services.ollama.backends.batch import Batcher, StepStats
+from nexusd.services.ollama.backends.embedder import Embedder
+from nexusd.services.ollama.backends.generation import PieceBatcher
+from nexusd.services.ollama.backends.llamacpp_native import NativeApi
+from nexusd.services.ollama.backends.llamacpp_openai import (
     Sink,
     openai_chat,
     openai_completions,
     refuse_unknown,
 )
-from nexusd.services.ollama.engines.sampling import GrammarError, SamplerChain
-from nexusd.services.ollama.engines.sequence import GenParams, Result, Sequence
+from nexusd.services.ollama.backends.sampling import GrammarError, SamplerChain
+from nexusd.services.ollama.backends.sequence import GenParams, Result, Sequence
 from nexusd.services.ollama.metrics import GenerationTimer
-from nexusd.services.ollama.openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
+from nexusd.services.ollama.request import ChatRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("nexusd.ollama.llamacpp")
 

@@ -18,13 +18,13 @@ from aiohttp import web
 from nexusd.runtime import sse
 from nexusd.runtime.errors import ApiError
 from nexusd.runtime.service import Endpoint
-from nexusd.services.ollama.engines import grammar, tools
-from nexusd.services.ollama.engines.llamacpp_openai import chat_logprobs
-from nexusd.services.ollama.engines.sampling import SamplingParams
-from nexusd.services.ollama.engines.sequence import GenParams, Result, TokenLogprob
+from nexusd.services.ollama.backends import grammar, tools
+from nexusd.services.ollama.backends.llamacpp_openai import chat_logprobs
+from nexusd.services.ollama.backends.sampling import SamplingParams
+from nexusd.services.ollama.backends.sequence import GenParams, Result, TokenLogprob
 
 if TYPE_CHECKING:
-    from nexusd.services.ollama.engines.llamacpp import LlamaCppEngine, LocalModel
+    from nexusd.services.ollama.backends.llamacpp import LlamaCppEngine, LocalModel
 
 API_VERSION = "0.6.0"  # the Ollama API level these routes follow
 FAR_FUTURE = "2318-01-01T00:00:00Z"  # models stay loaded for the life of the process

@@ -14,10 +14,10 @@ from aiohttp import web
 
 from nexusd.runtime import sse
 from nexusd.runtime.errors import ApiError
-from nexusd.services.ollama.engines import grammar, tools
-from nexusd.services.ollama.engines.sampling import SamplingParams
-from nexusd.services.ollama.engines.sequence import GenParams, Result, TokenLogprob
-from nexusd.services.ollama.openai_api import (
+from nexusd.services.ollama.backends import grammar, tools
+from nexusd.services.ollama.backends.sampling import SamplingParams
+from nexusd.services.ollama.backends.sequence import GenParams, Result, TokenLogprob
+from nexusd.services.ollama.request import (
     SSE_DONE,
     ChatRequest,
     CompletionRequest,
@@ -28,7 +28,7 @@ from nexusd.services.ollama.openai_api import (
 )
 
 if TYPE_CHECKING:
-    from nexusd.services.ollama.engines.llamacpp import LlamaCppEngine, LocalModel
+    from nexusd.services.ollama.backends.llamacpp import LlamaCppEngine, LocalModel
 
 # Extra fields accepted because they do not change the answer (`user`: an end-user id for abuse
 # tracking upstream; nothing to do here).

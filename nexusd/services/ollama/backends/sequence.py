@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nexusd.services.ollama.engines.sampling import (
+from nexusd.services.ollama.backends.sampling import (
     SamplerChain,
     SamplingParams,
     log_softmax,
