@@ -12,7 +12,7 @@ Ratios are throughput (audio seconds per wall second) over "alone" (goal >= 0.95
 The upload figure: CPU seconds of the gateway process per 10 MiB upload (random bytes, which
 the service refuses with 400 once it has read them all, so no recognition runs), against the
 CPU the stt service spends receiving the same upload, in the same run.
-`whisper` runs the tiny random-weight model of tests/services/stt/tiny_whisper.py unless
+`whisper` runs the tiny random-weight model of fixtures/tiny_whisper.py unless
 --whisper-model names a real one: with the tiny model its figures measure plumbing, not Whisper.
 """
 
@@ -129,7 +129,7 @@ def bench_backend(name: str, clip: bytes, repeat: int, tmp: Path, whisper_model:
     env = {"NEXUS_STT_BACKEND": name}
     if name == "whisper":
         if whisper_model is None:
-            from tests.services.stt.tiny_whisper import build
+            from fixtures.tiny_whisper import build
 
             whisper_model = str(build(tmp / "tiny-whisper"))
         env.update(NEXUS_STT_MODEL=whisper_model, NEXUS_STT_WHISPER_VAD="off")

@@ -19,7 +19,7 @@ pytest.importorskip("faster_whisper")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from tests.services.stt.tiny_whisper import build
+    from fixtures.tiny_whisper import build
 
     return build(tmp_path_factory.mktemp("tiny-whisper"))
 
