@@ -228,8 +228,10 @@ class InstanceSet:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             inst.ready = False
             inst.last_error = f"{type(exc).__name__}: {exc}"[:200]
-        if inst.ready and inst.failures and inst.ejected_until <= now:
-            inst.failures = 0  # back after its cool-down and ready again
+        if inst.ready and 0 < inst.ejected_until <= now:
+            # back after its cool-down and ready again. Only then: a ready /readyz between two
+            # 5xx answers must not forget the failures counted so far (ejection needs them).
+            inst.failures, inst.ejected_until = 0, 0.0
         return before != (inst.ready, inst.instance_id, id(inst.metadata))
 
     async def _allowed(self, inst: Instance) -> bool:

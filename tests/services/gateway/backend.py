@@ -111,6 +111,7 @@ class OpenAIDouble(Service):
                       concurrency=Concurrency(max_inflight=self.settings.model_inflight, max_queue=0)
                       if self.settings.model_inflight else None),
             ModelInfo(id="dies-midstream", operations=["chat.completions"]),
+            ModelInfo(id="always-500", operations=["chat.completions"]),  # a broken model, ready instance
             ModelInfo(id="tiny-embed", operations=["embeddings"], aliases=["text-embedding-3-small"],
                       default_for=["embeddings"]),
             ModelInfo(id="stub-image", operations=["images.generate"], aliases=["dall-e-2"],
@@ -136,6 +137,8 @@ class OpenAIDouble(Service):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
         body = await parse_json(request, Chat)
+        if body.model == "always-500":
+            return web.json_response({"error": {"message": "broken", "type": "server_error"}}, status=500)
         if self.settings.delay:
             try:
                 await asyncio.sleep(self.settings.delay)
