@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexusd.runtime.settings import load_settings
+from nexusd.runtime.settings import env_prefix, load_settings
 from nexusd.services import load_service, service_names
 
 BACKENDS = ["ollama", "images", "tts", "stt"]  # started first, in this order; the gateway last
@@ -91,11 +91,11 @@ def plan_stack(state_dir: Path, free_ports: bool, etcd_endpoint: str | None) -> 
     gateway = Planned("gateway", gateway_env, bind_listeners("gateway", free_ports))
     if not etcd_endpoint:
         for p in plans:
-            gateway_env[f"{p.name.upper()}_BASE_URL"] = p.url()
+            gateway_env[f"{p.name.upper().replace('-', '_')}_BASE_URL"] = p.url()
     for p in plans + [gateway]:  # metadata and URLs agree with the inherited sockets
         for listener, s in p.sockets.items():
             port = str(s.getsockname()[1])
-            p.env[f"NEXUS_{p.name.upper()}_PORT" if listener == "api" else f"NEXUS_{p.name.upper()}_{listener.upper()}_PORT"] = port
+            p.env[env_prefix(p.name) + ("PORT" if listener == "api" else f"{listener.upper()}_PORT")] = port
     return plans + [gateway]
 
 

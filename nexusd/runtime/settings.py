@@ -22,11 +22,13 @@ class ConfigError(Exception):
     """A setting that cannot be used; the message is one line naming the variable."""
 
 
+def env_prefix(service: str) -> str:
+    """`demo-svc` → NEXUS_DEMO_SVC_: a hyphen is not valid in a shell or systemd variable name."""
+    return f"NEXUS_{service.upper().replace('-', '_')}_"
+
+
 def service_config(service: str) -> SettingsConfigDict:
-    return SettingsConfigDict(
-        # `demo-svc` → NEXUS_DEMO_SVC_*: a hyphen is not valid in a shell or systemd variable name.
-        env_prefix=f"NEXUS_{service.upper().replace('-', '_')}_", extra="ignore", validate_default=True
-    )
+    return SettingsConfigDict(env_prefix=env_prefix(service), extra="ignore", validate_default=True)
 
 
 class SharedSettings(BaseSettings):

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nexusd.runtime.service import Service, UnitContext
+from nexusd.runtime.settings import env_prefix
 from nexusd.services import load_service, service_names
 from nexusd.units.render import MARKER, context, listen_address, socket_units
 
@@ -131,7 +132,7 @@ def allocate(ctx: UnitContext, numbers: list[int], base: int | None) -> dict[int
 def _port_env(service: str, listener_index: int, listener_name: str) -> str:
     """As the settings name them: the first listener's is NEXUS_<SVC>_PORT (packaging.manifest)."""
     middle = "" if listener_index == 0 else listener_name.upper() + "_"
-    return f"NEXUS_{service.upper()}_{middle}PORT"
+    return f"{env_prefix(service)}{middle}PORT"
 
 
 def instance_dropins(cls: type[Service], ctx: UnitContext, number: int, ports: list[int]) -> dict[str, str]:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nexusd.runtime.settings import env_prefix
+
 UNIT_DIR = "/etc/systemd/system"
 RUNTIME_UNIT_DIR = "/run/systemd/system"  # `systemctl edit --runtime` drop-ins
 CONFIG_DIR = "/etc/nexus"
@@ -122,7 +124,7 @@ def _env_url(service: str, config_dir: Path) -> tuple[str | None, str]:
         return None, f"no socket unit, and {path} is not readable here ({exc.strerror})"
     env = {m.group(1): m.group(2).strip().strip("'\"") for m in
            re.finditer(r"^\s*(NEXUS_\w+)=(.*)$", text, re.M)}
-    prefix = f"NEXUS_{service.upper()}_"
+    prefix = env_prefix(service)
     port = env.get(prefix + "PORT")
     if not port:
         return None, f"no socket unit and no {prefix}PORT in {path}"

@@ -81,6 +81,15 @@ def test_unit_renders_with_the_other_services(venv, demo):
     assert re.search(r"^# Installed here: .*nexus-demo-svc\.service", proc.stdout, re.M)
 
 
+def test_instance_units_name_the_port_variable_the_settings_read(venv, demo):
+    """`demo-svc` reads NEXUS_DEMO_SVC_PORT: a hyphen is no variable-name character."""
+    proc = venv.nexusd("units", "render", "--instances", "demo-svc=0-1")
+    assert proc.returncode == 0, proc.stderr
+    dropin = proc.stdout.split("### nexus-demo-svc@1.service.d/instance.conf\n")[1].split("### ")[0]
+    assert re.search(r"^Environment=NEXUS_DEMO_SVC_PORT=\d+$", dropin, re.M), dropin
+    assert "NEXUS_DEMO-SVC" not in proc.stdout
+
+
 def test_gateway_routes_to_it_from_a_static_base_url(venv, demo, tmp_path):
     from nexusd.services.gateway.keys import new_key, write_keys
 
