@@ -4,8 +4,6 @@ alone and batched, a cancelled stream frees its sequence, a request that can nev
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +12,7 @@ import pytest
 
 from tests.helpers.net import wait_for
 from tests.helpers.proc import run_service
-from tests.services.ollama.support import metric
+from tests.services.ollama.support import eog_bias, metric, open_stream
 
 pytest.importorskip("llama_cpp")
 from nexusd.services.ollama.backends.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402
@@ -79,32 +77,10 @@ def test_eight_concurrent_streams_complete_with_the_tokens_each_gets_alone(svc, 
     assert single < steps  # some decode steps carried more than one sequence: they were batched
 
 
-def _eog_bias() -> dict[str, int]:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(default_gguf(), vocab_only=True, verbose=False)
-    vocab = llm._model.vocab
-    return {str(t): -100 for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-
-
-def _open_stream(svc, bias) -> socket.socket:
-    body = json.dumps({"messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 200,
-                       "stream": True, "logit_bias": bias})
-    conn = socket.create_connection(("127.0.0.1", svc.port), timeout=120)
-    conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
-    got = b""
-    while got.count(b"data: ") < 2:  # role chunk, then the first token: the sequence runs
-        chunk = conn.recv(65536)
-        assert chunk, "stream closed early"
-        got += chunk
-    return conn
-
-
 def test_a_cancelled_stream_frees_its_sequence_for_the_next_request(svc, client):
-    bias = _eog_bias()
+    story = {"messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 200, "logit_bias": eog_bias()}
     cancelled = metric(svc, "nexus_llm_cancelled_total", model=DEFAULT_NAME)
-    conns = [_open_stream(svc, bias) for _ in range(PARALLEL)]
+    conns = [open_stream(svc, story) for _ in range(PARALLEL)]
     try:
         assert metric(svc, "nexus_queue_running", queue=DEFAULT_NAME) == PARALLEL
         waiting: dict[str, object] = {}
