@@ -6,6 +6,8 @@ once; n beyond PARALLEL is a 400 naming n; a client leaving an n=2 stream frees 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections import defaultdict
 
 import jsonschema
@@ -28,7 +30,7 @@ POEM = [{"role": "user", "content": "Write one line of a poem about the sea."}]
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    env = {"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_CONTEXT": "256", "NEXUS_OLLAMA_THREADS": "1",
+    env = {"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_CONTEXT": "512", "NEXUS_OLLAMA_THREADS": "1",
            "NEXUS_OLLAMA_PARALLEL": str(PARALLEL), "NEXUS_OLLAMA_MAX_QUEUE": "8", "NEXUS_OLLAMA_BATCH": "64"}
     with run_service("ollama", tmp_path_factory.mktemp("choices"), env=env, ready_timeout=120) as s:
         yield s
@@ -139,3 +141,61 @@ def test_a_client_leaving_an_n2_stream_frees_both_sequences(svc, client):
     # Every sequence id is free again: a request needing all of them is served.
     r = client.chat.completions.create(model=DEFAULT_NAME, messages=POEM, n=PARALLEL, max_tokens=2)
     assert len(r.choices) == PARALLEL and all(c.finish_reason in ("stop", "length") for c in r.choices)
+
+
+def test_a_request_whose_n_does_not_fit_now_waits_in_line(svc, client):
+    """Three of four sequences busy: an n=2 request takes the free slot and waits for a second;
+    leaving while it waits gives that slot back; the next n=2 request is served when one frees."""
+    story = {"messages": POEM, "max_tokens": 200, "logit_bias": eog_bias()}
+    running = lambda: metric(svc, "nexus_queue_running", queue=DEFAULT_NAME)  # noqa: E731
+    depth = lambda: metric(svc, "nexus_queue_depth", queue=DEFAULT_NAME)  # noqa: E731
+    pair = open_stream(svc, {**story, "n": 2}, events=3)
+    single = open_stream(svc, story)
+    try:
+        assert running() == 3
+        body = json.dumps({"messages": POEM, "max_tokens": 2, "n": 2})
+        leaving = socket.create_connection(("127.0.0.1", svc.port), timeout=60)
+        leaving.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        wait_for(lambda: depth() == 1 and running() == 4, timeout=30, what="the n=2 request to wait for its second slot")
+        leaving.close()
+        wait_for(lambda: depth() == 0 and running() == 3, timeout=30, what="the slot it held to be given back")
+        served: dict[str, object] = {}
+        t = threading.Thread(target=lambda: served.setdefault("r", client.chat.completions.create(
+            model=DEFAULT_NAME, messages=POEM, max_tokens=2, n=2)))
+        t.start()
+        wait_for(lambda: depth() == 1, timeout=30, what="the next n=2 request to wait")
+        single.close()  # one sequence frees: now both fit
+        t.join(timeout=120)
+        assert not t.is_alive() and len(served["r"].choices) == 2
+        assert pair.recv(65536)  # the first pair kept streaming throughout
+    finally:
+        pair.close()
+        single.close()
+    wait_for(lambda: running() == 0, timeout=60, what="every sequence to leave")
+
+
+def test_forced_tool_calls_per_choice_streamed_alike(client):
+    tool = [{"type": "function", "function": {"name": "get_time", "description": "Local time in a city", "parameters": {
+        "type": "object", "required": ["city"], "additionalProperties": False,
+        "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 16}}}}}]
+    kw = {"model": DEFAULT_NAME, "messages": [{"role": "user", "content": "What time is it in Rome?"}], "tools": tool,
+          "tool_choice": "required", "parallel_tool_calls": False, "max_tokens": 60, "temperature": 1.0, "seed": 5,
+          "n": 2}
+    r = client.chat.completions.create(**kw)
+    want = {}
+    for c in r.choices:
+        assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c
+        call = c.message.tool_calls[0]
+        want[c.index] = (call.function.name, json.loads(call.function.arguments))
+    assert set(want) == {0, 1}
+    calls: dict[int, dict] = defaultdict(lambda: {"name": "", "arguments": ""})
+    finish: dict[int, str] = {}
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            finish[c.index] = c.finish_reason or finish.get(c.index)
+            for d in c.delta.tool_calls or []:
+                calls[c.index]["name"] += d.function.name or "" if d.function else ""
+                calls[c.index]["arguments"] += d.function.arguments or "" if d.function else ""
+    assert finish == {0: "tool_calls", 1: "tool_calls"}
+    assert {i: (c["name"], json.loads(c["arguments"])) for i, c in calls.items()} == want
