@@ -62,6 +62,20 @@ def test_metadata_follows_parallel_and_shows_the_kv_cache(svc):
     assert details["kv_cache_bytes"] > 0
 
 
+def test_kv_memory_is_parallel_times_context_and_said_in_the_status_at_load(svc, notify, tmp_path):
+    _, meta = svc.get("/v1/metadata")
+    four = meta["models"][0]["details"]["kv_cache_bytes"]
+    env = {"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_CONTEXT": "256", "NEXUS_OLLAMA_THREADS": "1",
+           "NEXUS_OLLAMA_PARALLEL": "2", "NOTIFY_SOCKET": notify.path}
+    with run_service("ollama", tmp_path, env=env, ready_timeout=120) as two:
+        _, meta = two.get("/v1/metadata")
+        (model,) = meta["models"]
+        assert model["details"]["kv_cache_bytes"] * 2 == four  # PARALLEL 2 vs 4, same context
+        assert model["concurrency"]["max_inflight"] == 2
+        mib = round(four / 2 / (1 << 20))
+        assert f"STATUS={DEFAULT_NAME}: KV cache {mib} MiB (2 sequences × 256 tokens)" in notify.messages()
+
+
 def test_eight_concurrent_streams_complete_with_the_tokens_each_gets_alone(svc, client):
     alone = [ask(client, q, stream=False) for q in QUESTIONS]
     steps_before = metric(svc, "nexus_llm_batch_sequences_count", model=DEFAULT_NAME)
@@ -113,3 +127,18 @@ def test_a_request_that_can_never_fit_is_a_400_before_any_work(svc, client):
     assert e.value.code == "context_length_exceeded"
     assert metric(svc, "nexus_llm_generated_tokens_total", model=DEFAULT_NAME) == generated
     assert ask(client, "Say hello.", stream=False, max_tokens=2)[0]  # still serving
+
+
+def test_a_shared_system_prompt_is_not_evaluated_again(svc, client):
+    system = {"role": "system", "content": "You are a terse assistant who answers in one word. " * 6}
+
+    def ask_with_system(question: str):
+        return client.chat.completions.create(model=DEFAULT_NAME, max_tokens=2, temperature=0,
+                                              messages=[system, {"role": "user", "content": question}])
+
+    ask_with_system("Name a colour.")
+    before = metric(svc, "nexus_llm_prefill_tokens_total", model=DEFAULT_NAME)
+    second = ask_with_system("Name a fruit.")
+    evaluated = metric(svc, "nexus_llm_prefill_tokens_total", model=DEFAULT_NAME) - before
+    # The ~65-token system prompt is in the cells the first request left: only the rest is read.
+    assert 0 < evaluated < second.usage.prompt_tokens - 50, (evaluated, second.usage.prompt_tokens)
