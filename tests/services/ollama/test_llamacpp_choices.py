@@ -41,18 +41,20 @@ def client(svc):
     return openai.OpenAI(base_url=svc.url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-def streamed(client, **kw) -> tuple[dict[int, str], dict[int, str], object]:
-    """Texts and finish reasons per choice index, and the usage chunk's usage."""
+def streamed(client, **kw) -> tuple[dict[int, str], dict[int, str], object, dict[int, int]]:
+    """Texts, finish reasons and logprob entries per choice index, and the usage chunk's usage."""
     texts: dict[int, str] = defaultdict(str)
     finish: dict[int, str] = {}
+    logprobs: dict[int, int] = defaultdict(int)
     usage = None
     for chunk in client.chat.completions.create(model=DEFAULT_NAME, stream=True, **kw):
         usage = chunk.usage or usage
         for c in chunk.choices:
             texts[c.index] += c.delta.content or ""
+            logprobs[c.index] += len(c.logprobs.content) if c.logprobs else 0
             if c.finish_reason:
                 finish[c.index] = c.finish_reason
-    return dict(texts), finish, usage
+    return dict(texts), finish, usage, dict(logprobs)
 
 
 def test_n_choices_with_a_seed_are_sampled_apart_over_one_prefill(svc, client):
@@ -86,8 +88,10 @@ def test_greedy_choices_are_the_n1_answer_streamed_or_not(svc, client):
     assert [c.message.content for c in two.choices] == [answer, answer]
     assert two.usage.prompt_tokens == one.usage.prompt_tokens
     assert two.usage.completion_tokens == 2 * one.usage.completion_tokens
-    texts, finish, usage = streamed(client, **kw, n=2, stream_options={"include_usage": True})
+    texts, finish, usage, logprobs = streamed(client, **kw, n=2, logprobs=True,
+                                              stream_options={"include_usage": True})
     assert texts == {0: answer, 1: answer}
+    assert logprobs == {0: one.usage.completion_tokens, 1: one.usage.completion_tokens}  # one per token
     assert finish == {0: one.choices[0].finish_reason, 1: one.choices[0].finish_reason}
     assert usage.prompt_tokens == one.usage.prompt_tokens and usage.completion_tokens == two.usage.completion_tokens
     # /v1/completions too, streamed with each choice's index.
