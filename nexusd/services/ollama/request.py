@@ -16,6 +16,7 @@ from nexusd.runtime.errors import ApiError
 
 MAX_TEXT = 1 << 20  # characters in one prompt, message or embedding input
 MAX_ITEMS = 2048  # messages, prompts or embedding inputs in one request
+MAX_CHOICES = 128  # n
 
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -44,7 +45,8 @@ class _Generation(_Body):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    # OpenAI's own bound; the llamacpp engine allows at most NEXUS_OLLAMA_PARALLEL, the ollama engine 1.
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, max_length=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -27,3 +28,32 @@ def metric(svc, name: str, **labels) -> float:
         if line.startswith(f"{name}{{{want}}}" if labels else f"{name} "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def eog_bias() -> dict[str, int]:
+    """logit_bias banning every end-of-generation token of SmolLM2: a stream that runs until
+    max_tokens (or until its client leaves)."""
+    import llama_cpp
+
+    from nexusd.services.ollama.backends.llamacpp import default_gguf
+
+    llm = llama_cpp.Llama(default_gguf(), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    return {str(t): -100 for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+
+def open_stream(svc, doc: dict, events: int = 2) -> socket.socket:
+    """POST a streamed /v1/chat/completions on a raw socket and return it once `events` SSE
+    events arrived (the role chunk, then the first token: the sequence runs); closing the
+    socket is a client leaving mid-stream."""
+    body = json.dumps({"stream": True, **doc})
+    conn = socket.create_connection(("127.0.0.1", svc.port), timeout=120)
+    conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    got = b""
+    while got.count(b"data: ") < events:
+        chunk = conn.recv(65536)
+        assert chunk, "stream closed early"
+        got += chunk
+        assert got[:12] in (b"HTTP/1.1 200", b"HTTP/1.1 200"[:len(got)]), got[:500]
+    return conn

@@ -90,6 +90,21 @@ def test_completions_stop_and_stream(svc, client):
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
 
 
+def test_embeddings_share_the_generation_models_weights(svc, client):
+    """The embeddings context is built over the loaded model: the GGUF stays mapped once (a
+    second llama.cpp model load would map the file again, and hold a second copy of the weights)."""
+    gguf = default_gguf()
+
+    def mappings() -> int:
+        with open(f"/proc/{svc.proc.pid}/maps") as f:
+            return sum(1 for line in f if line.rstrip().endswith(gguf))
+
+    assert mappings() == 1
+    r = client.embeddings.create(model=DEFAULT_NAME, input="hello", encoding_format="float")
+    assert len(r.data[0].embedding) == 576
+    assert mappings() == 1
+
+
 def test_embeddings_one_flat_vector_per_input(svc, client):
     texts = ["The cat sat on the mat.", "A cat was sitting on the mat.",
              "Quarterly revenue rose by four percent.", "The cat sat on the mat."]

@@ -4,8 +4,6 @@ alone and batched, a cancelled stream frees its sequence, a request that can nev
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +12,7 @@ import pytest
 
 from tests.helpers.net import wait_for
 from tests.helpers.proc import run_service
-from tests.services.ollama.support import metric
+from tests.services.ollama.support import eog_bias, metric, open_stream
 
 pytest.importorskip("llama_cpp")
 from nexusd.services.ollama.backends.llamacpp import DEFAULT_NAME, default_gguf  # noqa: E402
@@ -64,6 +62,20 @@ def test_metadata_follows_parallel_and_shows_the_kv_cache(svc):
     assert details["kv_cache_bytes"] > 0
 
 
+def test_kv_memory_is_parallel_times_context_and_said_in_the_status_at_load(svc, notify, tmp_path):
+    _, meta = svc.get("/v1/metadata")
+    four = meta["models"][0]["details"]["kv_cache_bytes"]
+    env = {"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_CONTEXT": "256", "NEXUS_OLLAMA_THREADS": "1",
+           "NEXUS_OLLAMA_PARALLEL": "2", "NOTIFY_SOCKET": notify.path}
+    with run_service("ollama", tmp_path, env=env, ready_timeout=120) as two:
+        _, meta = two.get("/v1/metadata")
+        (model,) = meta["models"]
+        assert model["details"]["kv_cache_bytes"] * 2 == four  # PARALLEL 2 vs 4, same context
+        assert model["concurrency"]["max_inflight"] == 2
+        mib = round(four / 2 / (1 << 20))
+        assert f"STATUS={DEFAULT_NAME}: KV cache {mib} MiB (2 sequences × 256 tokens)" in notify.messages()
+
+
 def test_eight_concurrent_streams_complete_with_the_tokens_each_gets_alone(svc, client):
     alone = [ask(client, q, stream=False) for q in QUESTIONS]
     steps_before = metric(svc, "nexus_llm_batch_sequences_count", model=DEFAULT_NAME)
@@ -79,32 +91,10 @@ def test_eight_concurrent_streams_complete_with_the_tokens_each_gets_alone(svc, 
     assert single < steps  # some decode steps carried more than one sequence: they were batched
 
 
-def _eog_bias() -> dict[str, int]:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(default_gguf(), vocab_only=True, verbose=False)
-    vocab = llm._model.vocab
-    return {str(t): -100 for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-
-
-def _open_stream(svc, bias) -> socket.socket:
-    body = json.dumps({"messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 200,
-                       "stream": True, "logit_bias": bias})
-    conn = socket.create_connection(("127.0.0.1", svc.port), timeout=120)
-    conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
-    got = b""
-    while got.count(b"data: ") < 2:  # role chunk, then the first token: the sequence runs
-        chunk = conn.recv(65536)
-        assert chunk, "stream closed early"
-        got += chunk
-    return conn
-
-
 def test_a_cancelled_stream_frees_its_sequence_for_the_next_request(svc, client):
-    bias = _eog_bias()
+    story = {"messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 200, "logit_bias": eog_bias()}
     cancelled = metric(svc, "nexus_llm_cancelled_total", model=DEFAULT_NAME)
-    conns = [_open_stream(svc, bias) for _ in range(PARALLEL)]
+    conns = [open_stream(svc, story) for _ in range(PARALLEL)]
     try:
         assert metric(svc, "nexus_queue_running", queue=DEFAULT_NAME) == PARALLEL
         waiting: dict[str, object] = {}
@@ -137,3 +127,18 @@ def test_a_request_that_can_never_fit_is_a_400_before_any_work(svc, client):
     assert e.value.code == "context_length_exceeded"
     assert metric(svc, "nexus_llm_generated_tokens_total", model=DEFAULT_NAME) == generated
     assert ask(client, "Say hello.", stream=False, max_tokens=2)[0]  # still serving
+
+
+def test_a_shared_system_prompt_is_not_evaluated_again(svc, client):
+    system = {"role": "system", "content": "You are a terse assistant who answers in one word. " * 6}
+
+    def ask_with_system(question: str):
+        return client.chat.completions.create(model=DEFAULT_NAME, max_tokens=2, temperature=0,
+                                              messages=[system, {"role": "user", "content": question}])
+
+    ask_with_system("Name a colour.")
+    before = metric(svc, "nexus_llm_prefill_tokens_total", model=DEFAULT_NAME)
+    second = ask_with_system("Name a fruit.")
+    evaluated = metric(svc, "nexus_llm_prefill_tokens_total", model=DEFAULT_NAME) - before
+    # The ~65-token system prompt is in the cells the first request left: only the rest is read.
+    assert 0 < evaluated < second.usage.prompt_tokens - 50, (evaluated, second.usage.prompt_tokens)

@@ -97,6 +97,15 @@ def test_generate_plain_raw_streamed_and_load(client):
     assert load.done and load.done_reason == "load"
 
 
+def test_num_predict_fill_the_context_is_capped_by_max_tokens(client):
+    # Counting goes on for hundreds of tokens: -1 (until done) and -2 (fill the 512-token
+    # context) both stop at NEXUS_OLLAMA_MAX_TOKENS=64, the cap on every request.
+    for predict in (-1, -2):
+        r = client.generate(model=DEFAULT_NAME, prompt="1, 2, 3, 4, 5,", raw=True,
+                            options={"num_predict": predict, "temperature": 0})
+        assert (r.eval_count, r.done_reason) == (64, "length"), predict
+
+
 def test_generate_logprobs(client):
     r = client.generate(model=DEFAULT_NAME, prompt="Say hi.", logprobs=True, top_logprobs=2,
                         options={"num_predict": 4, "temperature": 0})

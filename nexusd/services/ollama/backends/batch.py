@@ -14,6 +14,13 @@ Prefix reuse: with non-unified KV a sequence id's cells are its own, so the cell
 sequence are kept as a cache: a new request takes the free id whose cached tokens share the
 longest prefix with its prompt (a shared system prompt, the same conversation one turn later), the
 cells after the common prefix are cleared (`llama_memory_seq_rm`) and only the rest is evaluated.
+
+Groups (`n` > 1 choices of one request): the prompt is evaluated once, in the first sequence id
+of the group; when its last token has been decoded, its cells are copied to the others' ids
+(`llama_memory_seq_cp`, a whole-stream copy with non-unified KV, applied by llama.cpp before the
+next decode) and every member samples its first token from that same row of logits, each with its
+own sampler chain. From then on they are ordinary sequences. A group joins only when it has an id
+for each member.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class Job:
     row: int = -1  # this step's logits row, -1: none
     started: float = 0.0
     prefilled: float = 0.0
+    followers: list[Job] = field(default_factory=list)  # a group's other members (on its first job)
 
 
 @dataclass
@@ -80,7 +88,7 @@ class Batcher:
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self.free_ids = list(range(parallel))
         self.cached: list[list[int]] = [[] for _ in range(parallel)]  # tokens in each id's cells
-        self.waiting: collections.deque[Job] = collections.deque()
+        self.waiting: collections.deque[list[Job]] = collections.deque()  # groups, in arrival order
         self.active: list[Job] = []
         self.cond = threading.Condition()
         self.stopping = False
@@ -94,15 +102,23 @@ class Batcher:
     # --- called from other threads ----------------------------------------------------------
     def submit(self, seq: Sequence, emit: Emit | None, first_token: Callable[[], object],
                cancel: threading.Event) -> Future[Result]:
-        if not seq.prompt:
+        return self.submit_group([seq], [emit], first_token, cancel)[0]
+
+    def submit_group(self, seqs: list[Sequence], emits: list[Emit | None], first_token: Callable[[], object],
+                     cancel: threading.Event) -> list[Future[Result]]:
+        """Sequences over one prompt (n choices): evaluated once, then copied. One cancel for all."""
+        if not seqs or not seqs[0].prompt:
             raise ValueError("an empty prompt has nothing to continue")
-        job = Job(seq, emit, first_token, cancel)
+        if len(seqs) > self.parallel or any(s.prompt != seqs[0].prompt for s in seqs):
+            raise ValueError(f"a group is at most {self.parallel} sequences over one prompt")
+        jobs = [Job(seq, emit, first_token, cancel) for seq, emit in zip(seqs, emits, strict=True)]
+        jobs[0].followers = jobs[1:]
         with self.cond:
             if self.stopping:
                 raise RuntimeError("the model is shutting down")
-            self.waiting.append(job)
+            self.waiting.append(jobs)
             self.cond.notify()
-        return job.future
+        return [job.future for job in jobs]
 
     def close(self) -> None:
         with self.cond:
@@ -120,7 +136,7 @@ class Batcher:
                     self.cond.wait()
                 if self.stopping:
                     break
-                while self.waiting and self.free_ids:  # join at this step
+                while self.waiting and len(self.free_ids) >= len(self.waiting[0]):  # join at this step
                     self._join(self.waiting.popleft())
             try:
                 self._step()
@@ -128,11 +144,12 @@ class Batcher:
                 log.error("decode step failed: %s", exc)
                 for job in list(self.active):
                     self._finish(job, exc)
-        for job in [*self.active, *self.waiting]:
+        for job in [*self.active, *(j for group in self.waiting for j in group)]:
             job.seq.finish = job.seq.finish or "cancelled"
             self._finish(job, None)
 
-    def _join(self, job: Job) -> None:
+    def _join(self, group: list[Job]) -> None:
+        job = group[0]
         prompt = job.seq.prompt
         best, reuse = self.free_ids[0], 0
         for i in self.free_ids:
@@ -145,6 +162,12 @@ class Batcher:
         self.cached[best] = prompt[:reuse]
         job.seq_id, job.evaluated, job.started = best, reuse, time.perf_counter()
         self.active.append(job)
+        for f in job.followers:  # no prompt to evaluate: their cells come from the copy
+            # The lowest free ids: contiguous ids make fewer ubatches per step (llmbench's finding).
+            f.seq_id, f.evaluated, f.started = min(self.free_ids), len(prompt), job.started
+            self.free_ids.remove(f.seq_id)
+            self.cached[f.seq_id] = []
+            self.active.append(f)
 
     def _step(self) -> None:
         lc, b = self.lc, self.batch
@@ -192,6 +215,8 @@ class Batcher:
         now = time.perf_counter()
         if self.on_step is not None:
             self.on_step(StepStats(len(self.active), prefill, now - t0))
+        for job in [j for j in self.active if j.row >= 0 and j.next_token is None and j.followers]:
+            self._copy_prompt(job)
         for job in [j for j in self.active if j.row >= 0]:
             if job.next_token is None:
                 job.prefilled = now
@@ -207,6 +232,14 @@ class Batcher:
             job.next_token = token
             if token is None:
                 self._finish(job, None)
+
+    def _copy_prompt(self, leader: Job) -> None:
+        """The leader's prompt is in: its members get the cells and sample from its row."""
+        for f in leader.followers:
+            if f in self.active:
+                self.lc.llama_memory_seq_cp(self.mem, leader.seq_id, f.seq_id, -1, -1)
+                self.cached[f.seq_id] = list(self.cached[leader.seq_id])
+                f.row = leader.row
 
     def _finish(self, job: Job, exc: BaseException | None) -> None:
         """The sequence leaves; its id (and its cells, as a prefix cache) go to the next request."""

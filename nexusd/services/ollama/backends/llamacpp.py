@@ -15,7 +15,6 @@ import base64
 import importlib.util
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,17 +30,14 @@ from nexusd.runtime.settings import ConfigError
 from nexusd.services.ollama.backends import Engine, tools
 from nexusd.services.ollama.backends.batch import Batcher, StepStats
 from nexusd.services.ollama.backends.embedder import Embedder
-from nexusd.services.ollama.backends.generation import PieceBatcher
+from nexusd.services.ollama.backends.generation import Sink, generate
 from nexusd.services.ollama.backends.llamacpp_native import NativeApi
 from nexusd.services.ollama.backends.llamacpp_openai import (
-    Sink,
     openai_chat,
     openai_completions,
     refuse_unknown,
 )
-from nexusd.services.ollama.backends.sampling import GrammarError, SamplerChain
-from nexusd.services.ollama.backends.sequence import GenParams, Result, Sequence
-from nexusd.services.ollama.metrics import GenerationTimer
+from nexusd.services.ollama.backends.sequence import GenParams, Result
 from nexusd.services.ollama.request import ChatRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("nexusd.ollama.llamacpp")
@@ -49,7 +45,6 @@ log = logging.getLogger("nexusd.ollama.llamacpp")
 DEFAULT_NAME = "smollm2:135m"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPS = ["chat.completions", "completions", "embeddings"]
-_END = object()
 
 
 def default_gguf() -> str | None:
@@ -75,7 +70,7 @@ def describe(llm: Any) -> dict[str, Any]:
 class LocalModel:
     name: str
     path: str
-    slot: Admission  # NEXUS_OLLAMA_PARALLEL generations at a time per model, a bounded queue in front
+    slot: Admission  # NEXUS_OLLAMA_PARALLEL sequences at a time per model, a bounded queue in front
     executor: ThreadPoolExecutor  # loading and embeddings; generations run in the batcher's thread
     llm: Any = None
     batcher: Batcher | None = None
@@ -272,92 +267,9 @@ class LlamaCppEngine(Engine):
         return await openai_completions(self, request, body, self._model(model))
 
     async def run(self, request: web.Request, m: LocalModel, tokens: list[int], params: GenParams, op: str,
-                  sink: Sink | None) -> Result | None:
-        """Generate in the model's thread. Without a sink: the Result. With one: pieces go to
-        the sink as they come (sink.open before the first, sink.close with the Result); None
-        when the client left mid-stream. An error before the first token raises, so it is
-        answered in the route's error shape and not inside a started stream."""
-        loop = asyncio.get_running_loop()
-        timer = GenerationTimer(self.metrics, m.name, op)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-        pieces = PieceBatcher(loop, queue)
-        assert m.batcher is not None
-        batcher = m.batcher
-
-        def chain() -> SamplerChain:  # parsing a grammar takes a while: off the loop
-            try:
-                return SamplerChain(m.llm._model.vocab, m.info["n_vocab"], params.sampling)
-            except GrammarError as exc:
-                raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
-
-        left = loop.create_future()  # done when the sequence has left the batch
-
-        def finished(f: Any) -> None:  # in the decode thread
-            if not f.cancelled() and f.exception() is None:
-                self.metrics.generated.labels(m.name).inc(f.result().completion_tokens)  # thread-safe
-            pieces.close(_END)
-            loop.call_soon_threadsafe(mark_left)
-
-        def mark_left() -> None:
-            if not left.done():
-                left.set_result(None)
-
-        async def submitted() -> Result:
-            try:
-                return await asyncio.wrap_future(inner)
-            except GrammarError as exc:
-                raise ApiError(400, f"grammar: {exc}", code="invalid_value") from None
-
-        sampler = await self.off_loop(chain)
-        started = await m.slot.acquire()
-        fut = None
-        try:
-            seq = Sequence(tokens, params, sampler, m.info["piece"], m.info["is_eog"])
-            inner = batcher.submit(seq, (lambda t, lp: pieces.emit((t, lp))) if sink else None,
-                                   lambda: loop.call_soon_threadsafe(timer.token), cancel)
-            inner.add_done_callback(finished)
-            fut = asyncio.ensure_future(submitted())
-            if sink is None:
-                # shield: a client that leaves cancels this handler, not the thread's future,
-                # so the slot below is released only when the thread has stopped.
-                result = await asyncio.shield(fut)
-                timer.done(result.usage)
-                return result
-            item = await queue.get()  # prompt processing happens here
-            if item is _END:
-                await fut  # a failure before the first token is an error answer, not a stream
-            try:
-                await sink.open(request)
-                while item is not _END:
-                    batch = [item]
-                    item = queue.get_nowait() if not queue.empty() else None
-                    while item is not None and item is not _END:  # behind? send what queued in one write
-                        batch.append(item)
-                        item = queue.get_nowait() if not queue.empty() else None
-                    await sink.pieces(batch)
-                    if item is None:
-                        item = await queue.get()
-                try:
-                    result = await fut
-                except ApiError as exc:  # after the headers: the error goes into the stream
-                    await sink.fail(exc)
-                    timer.done(None, "error")
-                    return None
-                await sink.close(result)
-            except (ConnectionResetError, OSError):  # the client left: the finally cancels
-                self.metrics.cancelled.labels(m.name).inc()
-                timer.done(None, "cancelled")
-                return None
-            timer.done(result.usage)
-            return result
-        except asyncio.CancelledError:  # the client went away (the runtime cancels the handler)
-            self.metrics.cancelled.labels(m.name).inc()
-            timer.done(None, "cancelled")
-            raise
-        finally:
-            cancel.set()  # no-op when the thread finished; else it stops at the next token
-            m.slot.release(started, after=left if fut is not None else None)
+                  sink: Sink | None, n: int = 1) -> list[Result] | None:
+        """n choices over the prompt `tokens` (generation.generate)."""
+        return await generate(self, request, m, tokens, params, op, sink, n)
 
     async def embed(self, request: web.Request, m: LocalModel, inputs: list[str], truncate: bool = False,
                     normalize: bool = True) -> tuple[list[list[float]], int]:

@@ -157,7 +157,9 @@ class NativeApi:
         predict = num("num_predict", -1, -2, None, True)
         if predict == 0:
             raise ApiError(400, "options.num_predict: must be positive, -1 (until done) or -2 (fill the context)")
-        max_tokens = min(cap, room) if predict == -1 else room if predict == -2 else min(predict, cap, room)
+        # -1 (until done) and -2 (fill the context) are capped like any request: the cap is the
+        # operator's bound on one request's work, whatever it asks for.
+        max_tokens = min(cap, room) if predict < 0 else min(predict, cap, room)
         stop = opts.get("stop") or []
         if isinstance(stop, str):
             stop = [stop]
@@ -250,8 +252,9 @@ class NativeApi:
             sink = NdjsonSink(m.name, chat, with_tools, started)
             await self.engine.run(request, m, tokens, params, op, sink)
             return sink.resp
-        result = await self.engine.run(request, m, tokens, params, op, None)
-        assert result is not None
+        results = await self.engine.run(request, m, tokens, params, op, None)
+        assert results is not None
+        result = results[0]
         doc = _final(m.name, result, started)
         if result.logprobs is not None:
             doc["logprobs"] = chat_logprobs(result.logprobs)["content"]
@@ -360,15 +363,16 @@ class NdjsonSink:
         self.resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "X-Accel-Buffering": "no"})
         await self.resp.prepare(request)
 
-    async def pieces(self, items: list[tuple[str, list[TokenLogprob]]]) -> None:
+    async def pieces(self, items: list[tuple[int, str, list[TokenLogprob]]]) -> None:
         out = []
-        for text, lps in items:
+        for _, text, lps in items:  # one choice: Ollama has no n
             texts = self.texts(text) or ([""] if lps else [])
             out += [self.piece(t, lps if i == 0 else None) for i, t in enumerate(texts)]
         if out:
             await self.resp.write(b"".join(out))
 
-    async def close(self, result: Result) -> None:
+    async def close(self, results: list[Result]) -> None:
+        result = results[0]
         out = [self.piece(t) for t in self.texts("", final=True)]
         final = _final(self.model, result, self.started)
         if self.chat:

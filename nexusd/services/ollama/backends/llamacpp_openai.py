@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from nexusd.runtime import sse
 from nexusd.runtime.errors import ApiError
 from nexusd.services.ollama.backends import grammar, tools
+from nexusd.services.ollama.backends.generation import Piece, total_usage
 from nexusd.services.ollama.backends.sampling import SamplingParams
 from nexusd.services.ollama.backends.sequence import GenParams, Result, TokenLogprob
 from nexusd.services.ollama.request import (
@@ -36,18 +37,6 @@ NO_EFFECT = {"user"}
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
 
 
-class Sink(Protocol):
-    """Where a streamed generation's pieces go (OpenAI SSE here, Ollama NDJSON in llamacpp_native)."""
-
-    async def open(self, request: web.Request) -> None: ...
-
-    async def pieces(self, items: list[tuple[str, list[TokenLogprob]]]) -> None: ...
-
-    async def close(self, result: Result) -> None: ...
-
-    async def fail(self, error: ApiError) -> None: ...
-
-
 def refuse_unknown(body: ChatRequest | CompletionRequest | EmbeddingRequest) -> None:
     for key in body.model_extra or {}:
         if key not in NO_EFFECT:
@@ -57,6 +46,14 @@ def refuse_unknown(body: ChatRequest | CompletionRequest | EmbeddingRequest) -> 
             if key not in MESSAGE_FIELDS:
                 raise ApiError(400, f"messages[{i}].{key}: not supported by the llamacpp engine",
                                param=f"messages[{i}].{key}", code="unsupported_parameter")
+
+
+def choices(engine: LlamaCppEngine, body: ChatRequest | CompletionRequest) -> int:
+    """`n`: each choice is one sequence of the batch, so at most NEXUS_OLLAMA_PARALLEL."""
+    if body.n > engine.settings.parallel:
+        raise ApiError(400, f"n: at most {engine.settings.parallel} choices per request on this server "
+                       "(NEXUS_OLLAMA_PARALLEL)", param="n", code="invalid_value")
+    return body.n
 
 
 def sampling(m: LocalModel, body: ChatRequest | CompletionRequest, grammar_text: str | None,
@@ -103,6 +100,7 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
     if fmt is not None and mode != "none":
         raise ApiError(400, "response_format: not supported together with tools unless tool_choice is 'none'",
                        param="response_format", code="unsupported_parameter")
+    n = choices(engine, body)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs", code="invalid_value")
     lazy = None
@@ -126,12 +124,19 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
                        sampling=sampling(m, body, fmt, lazy), stop=body.stop_list,
                        logprobs=(body.top_logprobs or 0) if body.logprobs else None)
     if body.stream:
-        sink = ChatSink(m.name, body.include_usage, with_tools=mode != "none")
-        await engine.run(request, m, tokens, params, "chat.completions", sink)
+        sink = ChatSink(m.name, body.include_usage, with_tools=mode != "none", n=n)
+        await engine.run(request, m, tokens, params, "chat.completions", sink, n)
         return sink.resp
-    result = await engine.run(request, m, tokens, params, "chat.completions", None)
-    assert result is not None
-    content, calls = (tools.parse(result.text) if mode != "none" else (result.text, []))
+    results = await engine.run(request, m, tokens, params, "chat.completions", None, n)
+    assert results is not None
+    return web.json_response({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                              "created": int(time.time()), "model": m.name,
+                              "choices": [chat_choice(i, r, mode != "none") for i, r in enumerate(results)],
+                              "usage": total_usage(results)})
+
+
+def chat_choice(index: int, result: Result, with_tools: bool) -> dict[str, Any]:
+    content, calls = (tools.parse(result.text) if with_tools else (result.text, []))
     message: dict[str, Any] = {"role": "assistant", "content": content}
     finish = result.finish_reason
     if calls:
@@ -139,11 +144,8 @@ async def openai_chat(engine: LlamaCppEngine, request: web.Request, body: ChatRe
         finish = "length" if finish == "length" else "tool_calls"
     elif content is None:
         message["content"] = ""
-    choice = {"index": 0, "finish_reason": finish, "message": message,
-              "logprobs": chat_logprobs(result.logprobs) if result.logprobs is not None else None}
-    return web.json_response({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-                              "created": int(time.time()), "model": m.name, "choices": [choice],
-                              "usage": result.usage})
+    return {"index": index, "finish_reason": finish, "message": message,
+            "logprobs": chat_logprobs(result.logprobs) if result.logprobs is not None else None}
 
 
 def _entry(text: bytes, logprob: float) -> dict[str, Any]:
@@ -156,47 +158,50 @@ def chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
 
 
 class ChatSink:
-    def __init__(self, model: str, include_usage: bool, with_tools: bool) -> None:
+    """Chunks of n choices, each with its `index`; every choice's finish chunk comes at the end."""
+
+    def __init__(self, model: str, include_usage: bool, with_tools: bool, n: int = 1) -> None:
         self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
-        self.include_usage = include_usage
-        self.tools = tools.ToolStream() if with_tools else None
+        self.include_usage, self.n = include_usage, n
+        self.tools = [tools.ToolStream() for _ in range(n)] if with_tools else None
         self.resp: web.StreamResponse = web.StreamResponse()
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+    def chunk(self, index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
         return sse_bytes({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
+                          "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
 
     async def open(self, request: web.Request) -> None:
         self.resp = await start_sse(request)
-        await self.resp.write(self.chunk({"role": "assistant", "content": ""}))
+        await self.resp.write(b"".join(self.chunk(i, {"role": "assistant", "content": ""}) for i in range(self.n)))
 
-    async def pieces(self, items: list[tuple[str, list[TokenLogprob]]]) -> None:
+    async def pieces(self, items: list[Piece]) -> None:
         out = []
-        for text, lps in items:
+        for index, text, lps in items:
             lp = chat_logprobs(lps) if lps else None
             if self.tools is None:
-                out.append(self.chunk({"content": text}, logprobs=lp))
+                out.append(self.chunk(index, {"content": text}, logprobs=lp))
                 continue
-            deltas = self.tools.feed(text)
+            deltas = self.tools[index].feed(text)
             for i, delta in enumerate(deltas):
-                out.append(self.chunk(delta, logprobs=lp if i == 0 else None))
+                out.append(self.chunk(index, delta, logprobs=lp if i == 0 else None))
             if lp and not deltas:
-                out.append(self.chunk({}, logprobs=lp))
+                out.append(self.chunk(index, {}, logprobs=lp))
         if out:
             await self.resp.write(b"".join(out))
 
-    async def close(self, result: Result) -> None:
-        finish = result.finish_reason
-        if self.tools is not None:
-            rest = self.tools.feed("", final=True)
-            if rest:
-                await self.resp.write(b"".join(self.chunk(d) for d in rest))
-            if self.tools.calls and finish != "length":
-                finish = "tool_calls"
-        await self.resp.write(self.chunk({}, finish))
+    async def close(self, results: list[Result]) -> None:
+        out = []
+        for index, result in enumerate(results):
+            finish = result.finish_reason
+            if self.tools is not None:
+                out += [self.chunk(index, d) for d in self.tools[index].feed("", final=True)]
+                if self.tools[index].calls and finish != "length":
+                    finish = "tool_calls"
+            out.append(self.chunk(index, {}, finish))
+        await self.resp.write(b"".join(out))
         if self.include_usage:
             await self.resp.write(sse_bytes({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                             "model": self.model, "choices": [], "usage": result.usage}))
+                                             "model": self.model, "choices": [], "usage": total_usage(results)}))
         await self.resp.write(SSE_DONE)
         await self.resp.write_eof()
 
@@ -212,6 +217,7 @@ async def openai_completions(engine: LlamaCppEngine, request: web.Request, body:
     if body.echo and body.logprobs is not None:
         raise ApiError(400, "logprobs: not supported with echo (the prompt's logprobs are not computed)",
                        param="logprobs", code="unsupported_parameter")
+    n = choices(engine, body)
     prompt = body.prompt_text()
     tokens = await engine.off_loop(lambda: m.llm.tokenize(prompt.encode(), add_bos=True, special=False))
     params = GenParams(max_tokens=min(capped(body.requested_max_tokens(), engine.settings.max_tokens),
@@ -220,16 +226,16 @@ async def openai_completions(engine: LlamaCppEngine, request: web.Request, body:
                        sampling=sampling(m, body, None), stop=body.stop_list, logprobs=body.logprobs)
     echo = prompt if body.echo else ""
     if body.stream:
-        sink = CompletionSink(m.name, body.include_usage, echo)
-        await engine.run(request, m, tokens, params, "completions", sink)
+        sink = CompletionSink(m.name, body.include_usage, echo, n)
+        await engine.run(request, m, tokens, params, "completions", sink, n)
         return sink.resp
-    result = await engine.run(request, m, tokens, params, "completions", None)
-    assert result is not None
-    lp = completion_logprobs(result.logprobs, 0) if result.logprobs is not None else None
+    results = await engine.run(request, m, tokens, params, "completions", None, n)
+    assert results is not None
     return web.json_response({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                              "model": m.name, "usage": result.usage, "choices": [
-                                  {"index": 0, "text": echo + result.text, "finish_reason": result.finish_reason,
-                                   "logprobs": lp}]})
+                              "model": m.name, "usage": total_usage(results), "choices": [
+                                  {"index": i, "text": echo + r.text, "finish_reason": r.finish_reason,
+                                   "logprobs": completion_logprobs(r.logprobs, 0) if r.logprobs is not None else None}
+                                  for i, r in enumerate(results)]})
 
 
 def completion_logprobs(lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
@@ -244,32 +250,33 @@ def completion_logprobs(lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
 
 
 class CompletionSink:
-    def __init__(self, model: str, include_usage: bool, echo: str) -> None:
+    def __init__(self, model: str, include_usage: bool, echo: str, n: int = 1) -> None:
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model
-        self.include_usage, self.echo, self.offset = include_usage, echo, 0
+        self.include_usage, self.echo, self.offsets = include_usage, echo, [0] * n
         self.resp: web.StreamResponse = web.StreamResponse()
 
-    def chunk(self, text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
+    def chunk(self, index: int, text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
         return sse_bytes({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                          "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}]})
+                          "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}]})
 
     async def open(self, request: web.Request) -> None:
         self.resp = await start_sse(request)
         if self.echo:
-            await self.resp.write(self.chunk(self.echo))
+            await self.resp.write(b"".join(self.chunk(i, self.echo) for i in range(len(self.offsets))))
 
-    async def pieces(self, items: list[tuple[str, list[TokenLogprob]]]) -> None:
+    async def pieces(self, items: list[Piece]) -> None:
         out = []
-        for text, lps in items:
-            out.append(self.chunk(text, logprobs=completion_logprobs(lps, self.offset) if lps else None))
-            self.offset += len(text)
+        for index, text, lps in items:
+            lp = completion_logprobs(lps, self.offsets[index]) if lps else None
+            out.append(self.chunk(index, text, logprobs=lp))
+            self.offsets[index] += len(text)
         await self.resp.write(b"".join(out))
 
-    async def close(self, result: Result) -> None:
-        await self.resp.write(self.chunk("", result.finish_reason))
+    async def close(self, results: list[Result]) -> None:
+        await self.resp.write(b"".join(self.chunk(i, "", r.finish_reason) for i, r in enumerate(results)))
         if self.include_usage:
             await self.resp.write(sse_bytes({"id": self.id, "object": "text_completion", "created": self.created,
-                                             "model": self.model, "choices": [], "usage": result.usage}))
+                                             "model": self.model, "choices": [], "usage": total_usage(results)}))
         await self.resp.write(SSE_DONE)
         await self.resp.write_eof()
 

@@ -294,6 +294,9 @@ class OllamaEngine(Engine):
 
     async def _generate(self, request: web.Request, path: str, payload: dict[str, Any],
                         body: ChatRequest | CompletionRequest, model: str, op: str) -> web.StreamResponse:
+        if body.n > 1:  # Ollama's OpenAI API answers one choice whatever n says
+            raise ApiError(400, "n: the ollama engine gives one choice per request", param="n",
+                           code="unsupported_parameter")
         payload["model"] = model
         timer = GenerationTimer(self.metrics, model, op)
         if not body.stream:

@@ -1,19 +1,15 @@
 """One generation as a `Sequence`: its prompt, sampler chain, stop strings, text and logprobs.
 
-`Sequence.step(logits)` turns one row of logits into the next token and the text it releases;
-`run_single` drives one sequence on a llama.cpp context (one generation per model at a time).
-The sequence never touches the context itself, so a batched decoder can step many of them over
-the rows of one decode.
+`Sequence.step(logits)` turns one row of logits into the next token and the text it releases.
+The sequence never touches the context itself, so the batched decoder (batch.Batcher) steps many
+of them over the rows of one decode.
 """
 
 from __future__ import annotations
 
 import codecs
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -21,7 +17,6 @@ from nexusd.services.ollama.backends.sampling import (
     SamplerChain,
     SamplingParams,
     log_softmax,
-    logits_row,
     top_n,
 )
 
@@ -144,46 +139,3 @@ class Sequence:
     def result(self) -> Result:
         return Result(self.text, self.finish or "cancelled", len(self.prompt), self.count, self.logprobs,
                       self.sampler.grammar_resamples)
-
-
-def _prefill(llm: Any, tokens: list[int]) -> None:
-    """Evaluate the prompt, reusing the KV cache of the previous generation's common prefix."""
-    cached = llm.input_ids[:llm.n_tokens].tolist()
-    reuse = 0
-    for a, b in zip(cached, tokens, strict=False):
-        if a != b:
-            break
-        reuse += 1
-    reuse = min(reuse, len(tokens) - 1)  # the last prompt token is decoded again for its logits
-    llm.n_tokens = reuse  # eval() drops the cache from n_tokens on
-    llm.eval(tokens[reuse:])
-
-
-def run_single(llm: Any, seq: Sequence, cancel: threading.Event, emit: Emit | None,
-               first_token: Callable[[], object]) -> Result:
-    """Runs in the model's worker thread; checks `cancel` before each token."""
-    ctx, n_vocab = llm._ctx.ctx, llm.n_vocab()
-    first = True
-    start = time.perf_counter()
-    prefilled = start
-    try:
-        _prefill(llm, seq.prompt)
-        prefilled = time.perf_counter()
-        while True:
-            if cancel.is_set():
-                seq.finish = "cancelled"
-                break
-            token, text, lps = seq.step(logits_row(ctx, n_vocab))
-            if first:
-                first_token()
-                first = False
-            if emit is not None and (text or lps) and seq.finish != "cancelled":
-                emit(text, lps)
-            if token is None:
-                break
-            llm.eval([token])
-    finally:
-        seq.sampler.close()
-    result = seq.result()
-    result.prefill_seconds, result.decode_seconds = prefilled - start, time.perf_counter() - prefilled
-    return result
