@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import free_port
+from bench.common import cpu_seconds, free_port
 from bench.llm import llamaserver
 from bench.llm.run import PROMPT, REPO, direct_run, eog_bias
 
@@ -191,6 +191,7 @@ def main(args) -> int:
                                                        flash_attn), {"ignore_eos": True})
     results: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in [*services, "raw loop (c)"]}
     direct: list[float] = []
+    cpu = dict.fromkeys(results, 0.0)  # CPU seconds spent in the levels: a figure load barely changes
     raw = raw_batcher(llm, parallel, args.ctx)
     try:
         for (_, port), extra in services.values():
@@ -200,9 +201,13 @@ def main(args) -> int:
         for r in range(args.rounds):
             direct.append(direct_run(llm, args.tokens, bias_int, r + 1)["tps"])
             for c in levels:
+                c0 = time.process_time()
                 results["raw loop (c)"][c].append(raw_level(llm, raw, c, args.tokens, bias_int, 100 * r))
-                for name, ((_, port), extra) in services.items():
+                cpu["raw loop (c)"] += time.process_time() - c0
+                for name, ((svc, port), extra) in services.items():
+                    c0 = cpu_seconds(svc.pid)
                     results[name][c].append(level(port, c, args.tokens, extra, 100 * r))
+                    cpu[name] += cpu_seconds(svc.pid) - c0
         rss = {name: peak_rss_mib(svc.pid) for name, ((svc, _), _) in services.items()}
     finally:
         raw.close()
@@ -234,6 +239,9 @@ def main(args) -> int:
     if not ceiling:
         print("batched-bench: SKIPPED, llama-batched-bench not built (scripts/build-llama-server.sh)")
     print("peak RSS MiB: " + ", ".join(f"{name} {v:.0f}" for name, v in rss.items()))
+    n_tokens = args.rounds * sum(levels) * args.tokens
+    print("CPU ms per token (all levels; threads spinning in llama.cpp's barriers count): " + ", ".join(
+        f"{name} {v / n_tokens * 1000:.1f}" for name, v in cpu.items()))
     top, one, ours = max(levels), levels[0], f"nexusd P={parallel}"
     print(f"\ngoals (issue 15), at {top} vs {one} stream(s):")
     print(f"  {top} streams / 1-stream aggregate (goal >= 2, target 2.5): " + ", ".join(
@@ -249,5 +257,6 @@ def main(args) -> int:
     print(f"  min per-stream / mean at {top} streams (goal >= 0.5): {fair[ours][top]:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"direct_tps": direct, "results": results, "batched_bench": ceiling,
-                                         "rss_mib": rss, "load": os.getloadavg()}, indent=2, default=str))
+                                         "rss_mib": rss, "cpu_seconds": cpu,
+                                         "load": os.getloadavg()}, indent=2, default=str))
     return 0
