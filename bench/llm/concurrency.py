@@ -152,6 +152,19 @@ def batched_bench(exe: Path, gguf: str, threads: int, ctx: int, levels: list[int
     return {int(r[2]): float(r[7]) for r in rows}
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to all, then SIGKILL to whatever still drains requests after 15 s (an interrupted run)."""
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + 15
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -181,14 +194,22 @@ def main(args) -> int:
     flash_attn = llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # the engine's
     bias_int = eog_bias(llm)
     nexus_extra = {"logit_bias": {str(k): v for k, v in bias_int.items()}}
-    services = {f"nexusd P={parallel}": (start_service(gguf, args.threads, args.ctx, parallel), nexus_extra),
-                "nexusd P=1 (a)": (start_service(gguf, args.threads, args.ctx, 1), nexus_extra)}
-    exe = llamaserver.binary()
-    if exe is None:
-        print(f"llama-server (b): SKIPPED, not built in {llamaserver.bin_dir()} (scripts/build-llama-server.sh)")
-    else:
-        services["llama-srv (b)"] = (llamaserver.start(exe, gguf, args.threads, args.ctx, parallel, N_BATCH,
-                                                       flash_attn), {"ignore_eos": True})
+    services: dict[str, tuple[tuple[subprocess.Popen, int], dict]] = {}
+    try:
+        services[f"nexusd P={parallel}"] = (start_service(gguf, args.threads, args.ctx, parallel), nexus_extra)
+        services["nexusd P=1 (a)"] = (start_service(gguf, args.threads, args.ctx, 1), nexus_extra)
+        exe = llamaserver.binary()
+        if exe is None:
+            print(f"llama-server (b): SKIPPED, not built in {llamaserver.bin_dir()} (scripts/build-llama-server.sh)")
+        else:
+            try:
+                services["llama-srv (b)"] = (llamaserver.start(exe, gguf, args.threads, args.ctx, parallel, N_BATCH,
+                                                               flash_attn), {"ignore_eos": True})
+            except RuntimeError as exc:
+                print(f"llama-server (b): SKIPPED, {exc}")
+    except BaseException:
+        stop([svc for (svc, _), _ in services.values()])
+        raise
     results: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in [*services, "raw loop (c)"]}
     direct: list[float] = []
     cpu = dict.fromkeys(results, 0.0)  # CPU seconds spent in the levels: a figure load barely changes
@@ -211,9 +232,7 @@ def main(args) -> int:
         rss = {name: peak_rss_mib(svc.pid) for name, ((svc, _), _) in services.items()}
     finally:
         raw.close()
-        for (svc, _), _ in services.values():
-            svc.terminate()
-            svc.wait(30)
+        stop([svc for (svc, _), _ in services.values()])
     bb_exe = llamaserver.binary("llama-batched-bench")
     ceiling = batched_bench(bb_exe, gguf, args.threads, args.ctx, levels, args.tokens, flash_attn) if bb_exe else {}
     print(f"end: {load()}")
