@@ -14,7 +14,10 @@ For each level C, C streamed /v1/completions requests start together, each exact
 (end-of-generation banned: logit_bias on nexusd, ignore_eos on llama-server). Levels alternate between
 the systems so load from elsewhere on the machine hits all alike; medians over rounds. Per level:
 aggregate tok/s (all tokens / wall time of the level), per-stream tok/s (tokens / that request's own
-time: median, min, min/mean), TTFT p50/p99; peak RSS per process. Then the goals' ratios.
+time: median, min, min/mean), TTFT p50/p99, CPU ms per token (the system's process CPU time over the
+level / its tokens: llama.cpp's threads spinning in barriers count; on a busy machine this moves far less
+than the rates, and falls with the level only if batching saves work); peak RSS per process. Then the
+goals' ratios.
 """
 
 from __future__ import annotations
@@ -212,7 +215,8 @@ def main(args) -> int:
         raise
     results: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in [*services, "raw loop (c)"]}
     direct: list[float] = []
-    cpu = dict.fromkeys(results, 0.0)  # CPU seconds spent in the levels: a figure load barely changes
+    # CPU seconds per system and level: what a token costs, a figure load from elsewhere barely changes
+    cpu = {name: dict.fromkeys(levels, 0.0) for name in results}
     raw = raw_batcher(llm, parallel, args.ctx)
     try:
         for (_, port), extra in services.values():
@@ -224,11 +228,11 @@ def main(args) -> int:
             for c in levels:
                 c0 = time.process_time()
                 results["raw loop (c)"][c].append(raw_level(llm, raw, c, args.tokens, bias_int, 100 * r))
-                cpu["raw loop (c)"] += time.process_time() - c0
+                cpu["raw loop (c)"][c] += time.process_time() - c0
                 for name, ((svc, port), extra) in services.items():
                     c0 = cpu_seconds(svc.pid)
                     results[name][c].append(level(port, c, args.tokens, extra, 100 * r))
-                    cpu[name] += cpu_seconds(svc.pid) - c0
+                    cpu[name][c] += cpu_seconds(svc.pid) - c0
         rss = {name: peak_rss_mib(svc.pid) for name, ((svc, _), _) in services.items()}
     finally:
         raw.close()
@@ -240,7 +244,7 @@ def main(args) -> int:
           f"{args.rounds} rounds, flash attention {'on' if flash_attn else 'off'}, n_batch {N_BATCH}, PARALLEL={parallel}")
     print(f"direct llama-cpp-python, 1 stream, decode tok/s (median): {statistics.median(direct):.1f}")
     print(f"{'system':16}{'streams':>8}{'aggr tok/s':>11}{'x1 strm':>8}{'per-strm med':>13}{'min':>7}{'min/mean':>9}"
-          f"{'TTFT p50 ms':>12}{'p99 ms':>8}")
+          f"{'TTFT p50 ms':>12}{'p99 ms':>8}{'CPU ms/tok':>11}")
     agg: dict[str, dict[int, float]] = {}
     fair: dict[str, dict[int, float]] = {}
     for name, by_level in results.items():
@@ -252,15 +256,13 @@ def main(args) -> int:
             fair[name][c] = min(per) / statistics.mean(per)
             print(f"{name:16}{c:>8}{agg[name][c]:>11.1f}{agg[name][c] / agg[name][levels[0]]:>8.2f}"
                   f"{statistics.median(per):>13.1f}{min(per):>7.1f}{fair[name][c]:>9.2f}"
-                  f"{pct(ttft, 0.5) * 1000:>12.0f}{pct(ttft, 0.99) * 1000:>8.0f}")
+                  f"{pct(ttft, 0.5) * 1000:>12.0f}{pct(ttft, 0.99) * 1000:>8.0f}"
+                  f"{cpu[name][c] / (args.rounds * c * args.tokens) * 1000:>11.1f}")
     for c, tps in ceiling.items():
         print(f"{'batched-bench':16}{c:>8}{tps:>11.1f}{tps / ceiling[levels[0]]:>8.2f}   (llama.cpp decode only, S_TG)")
     if not ceiling:
         print("batched-bench: SKIPPED, llama-batched-bench not built (scripts/build-llama-server.sh)")
     print("peak RSS MiB: " + ", ".join(f"{name} {v:.0f}" for name, v in rss.items()))
-    n_tokens = args.rounds * sum(levels) * args.tokens
-    print("CPU ms per token (all levels; threads spinning in llama.cpp's barriers count): " + ", ".join(
-        f"{name} {v / n_tokens * 1000:.1f}" for name, v in cpu.items()))
     top, one, ours = max(levels), levels[0], f"nexusd P={parallel}"
     print(f"\ngoals (issue 15), at {top} vs {one} stream(s):")
     print(f"  {top} streams / 1-stream aggregate (goal >= 2, target 2.5): " + ", ".join(
@@ -274,6 +276,8 @@ def main(args) -> int:
         print(f"  1 stream decode tok/s, {ours} / direct llama-cpp-python (goal >= 0.95): "
               f"{dec / statistics.median(direct):.3f}")
     print(f"  min per-stream / mean at {top} streams (goal >= 0.5): {fair[ours][top]:.2f}")
+    print(f"  CPU per token, {top} streams / 1 stream (batching's saving; < 0.5 for 2x on idle cores): " + ", ".join(
+        f"{name} {cpu[name][top] / top / cpu[name][one] * one:.2f}" for name in cpu))
     if args.json:
         args.json.write_text(json.dumps({"direct_tps": direct, "results": results, "batched_bench": ceiling,
                                          "rss_mib": rss, "cpu_seconds": cpu,
