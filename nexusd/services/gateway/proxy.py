@@ -146,12 +146,10 @@ class Proxy:
         target = self.aliases.get(model, model) if model else model
         chain = self.fallbacks.chain(target) if self.fallbacks and target else None
         if chain is not None:
-            self.quotas.admit(request, key, body)
             return await forward_chain(self, request, route, chain, body, key, target, stream,  # type: ignore[arg-type]
                                        check_scope)
         instances, model_id = self.table.candidates(route, target)
         check_scope(key, route.operation_id, model_id, model)
-        self.quotas.admit(request, key, body)
         return await self.forward(request, route, instances, body, model_id, key, stream=stream)
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
@@ -166,6 +164,8 @@ class Proxy:
         byte reached the client raises TryNext rather than answering. `stream`: the body asks
         for one."""
         assert self.session is not None
+        if key.tpm:  # every route that reaches an upstream reserves its tokens here (quotas.py)
+            self.quotas.reserve(request, key, body)
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
         ctype = request.headers.get("Content-Type")
@@ -191,13 +191,14 @@ class Proxy:
             if slot:
                 await (acquire_or_next(self.balancer, inst, model_id) if fallback else
                        self.balancer.acquire(inst, model_id))
-            up, strip = inst.upstream, None
+            up, data, strip = inst.upstream, body, None
             if up is None:
-                url, send, data, timeout = inst.base_url + url_path, headers, body, self.timeout(op)
+                url, send, timeout = inst.base_url + url_path, headers, self.timeout(op)
             else:  # a plain upstream (upstreams.py): its URL layout, its key, never our token
                 url, send, timeout = up.url(url_path), up.headers(headers), up.timeout or self.timeout(op)
-                data, drop_usage = ask_for_usage(op, body, stream) \
-                    if up.include_usage and isinstance(body, bytes) else (body, False)
+            if stream and isinstance(body, bytes) and (up is None or up.include_usage):
+                # Streams carry usage for metrics and quotas (streamusage.py), asked and stripped.
+                data, drop_usage = ask_for_usage(op, body, stream)
                 strip = UsageChunkFilter() if drop_usage else None
             try:
                 try:
@@ -272,12 +273,12 @@ class Proxy:
             usage = _usage(data) if status == 200 else None
             if usage:
                 self.metrics.add_tokens(key.name, usage)
-            if key.tpm:
+            if key.tpm:  # the quota guard adds the x-ratelimit headers to this answer
                 self.quotas.settle(request, key, usage, failed=status >= 400)
-                headers.update(self.quotas.headers(key))
             return web.Response(body=data, status=status, headers=headers)
         if key.tpm:
             self.quotas.settle(request, key, None, failed=status >= 400)
+        if key.rpm or key.tpm:  # sent before the stream: the guard cannot add them after
             headers.update(self.quotas.headers(key))
         return await self.relay_stream(request, resp, inst, op, key, headers, sse, strip)
 

@@ -1,7 +1,9 @@
-"""Per-key consumption shared by every gateway through etcd, so a key's per-minute limits hold
-for the sum of all gateways instead of per process (issue 18; used by quotas.py for `tpm`).
+"""Per-key consumption shared by every gateway through etcd, so a key's limits hold for the sum
+of all gateways instead of per process (issue 18; used by quotas.py for `rpm`, `tpm` and
+`max_concurrent`).
 
-Each gateway counts its own requests and tokens per key in fixed UTC minutes and, every
+Each gateway counts its own requests and tokens per key in fixed UTC minutes, and its requests
+in flight per key, and, every
 `period` seconds (≤ 1 s), writes one aggregated record per key that changed to
 `/nexus/quota/<key_id>/<gateway_id>` under its own lease (never a write per request). It then
 reads the whole prefix and admits against the global sum: its own live counts plus the others'
@@ -13,9 +15,11 @@ Usage in a minute is a sliding estimate: `current + previous × (1 − elapsed f
 burst across a minute boundary cannot double the limit.
 
 Overshoot bound: a gateway does not see the others' admissions of the last `period` (+ one
-read), so with G gateways each admitting at most A tokens/s for a key, the global usage can pass
-the limit by at most `(G − 1) × A × period`, plus the reservations in flight whose settled usage
-exceeds their estimate.
+read), so with G gateways each admitting at most A tokens (or requests) per second for a key, the
+global usage can pass the limit by at most `(G − 1) × A × period`, plus (tokens) the reservations
+in flight whose settled usage exceeds their estimate. In-flight requests likewise: at most
+`(G − 1) × A × period` above `max_concurrent` (A in requests/s), and never more than G ×
+`max_concurrent` (each gateway alone holds the limit against its own live count).
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ PRESENCE = "-"  # `/nexus/quota/-/<gateway_id>`: every gateway sharing, under it
 
 @dataclass
 class Counts:
-    """One gateway's use of one key: [previous minute, current minute] of requests and tokens."""
+    """One gateway's use of one key: [previous minute, current minute] of requests and tokens,
+    and its requests in flight now (a gauge: not rolled)."""
 
     minute: int = 0
     requests: list[int] = field(default_factory=lambda: [0, 0])
     tokens: list[int] = field(default_factory=lambda: [0, 0])
+    inflight: int = 0
 
     def roll(self, minute: int) -> None:
         if minute == self.minute:
@@ -61,11 +67,12 @@ class Counts:
         return 0.0, 0.0
 
     def record(self) -> dict[str, Any]:
-        return {"minute": self.minute, "requests": self.requests, "tokens": self.tokens}
+        return {"minute": self.minute, "requests": self.requests, "tokens": self.tokens, "inflight": self.inflight}
 
     @classmethod
     def parse(cls, doc: dict[str, Any]) -> Counts:
-        return cls(int(doc["minute"]), [int(x) for x in doc["requests"]], [int(x) for x in doc["tokens"]])
+        return cls(int(doc["minute"]), [int(x) for x in doc["requests"]], [int(x) for x in doc["tokens"]],
+                   int(doc.get("inflight", 0)))
 
 
 class QuotaShare:
@@ -99,6 +106,22 @@ class QuotaShare:
         counts.requests[1] += requests
         counts.tokens[1] += tokens
         self._dirty.add(key_id)
+
+    def enter(self, key_id: str, delta: int = 1) -> None:
+        """A request of this key starts (+1) or ends (-1) here."""
+        counts = self.own.get(key_id)
+        if counts is None:
+            counts = self.own[key_id] = Counts(int(self.clock() // MINUTE))
+        counts.inflight += delta
+        self._dirty.add(key_id)
+
+    def inflight(self, key_id: str) -> int:
+        """Requests of this key in flight: ours now plus the others' last published."""
+        counts = self.own.get(key_id)
+        n = counts.inflight if counts is not None else 0
+        if self.connected:
+            n += sum(c.inflight for c in self.others.get(key_id, {}).values())
+        return n
 
     def used(self, key_id: str) -> tuple[float, float]:
         """Global sliding-minute (requests, tokens); own only while etcd is unreachable."""
