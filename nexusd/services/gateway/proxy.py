@@ -33,7 +33,12 @@ from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
 from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.routing import Route, RoutingTable
-from nexusd.services.gateway.streamusage import UsageChunkFilter, ask_for_usage
+from nexusd.services.gateway.streamusage import (
+    OLLAMA_MARK,
+    UsageChunkFilter,
+    ask_for_usage,
+    ollama_usage,
+)
 
 if TYPE_CHECKING:
     from nexusd.services.gateway.settings import GatewaySettings
@@ -270,7 +275,8 @@ class Proxy:
             except (aiohttp.ClientError, TimeoutError):
                 self.balancer.failed(inst, connect=False)
                 raise ApiError(502, "Upstream closed the connection mid-response", code="upstream_error") from None
-            usage = _usage(data) if status == 200 else None
+            usage = (_usage(data) or (ollama_usage(data) if op.startswith(NATIVE_PREFIX) else None)) \
+                if status == 200 else None
             if usage:
                 self.metrics.add_tokens(key.name, usage)
             if key.tpm:  # the quota guard adds the x-ratelimit headers to this answer
@@ -292,7 +298,9 @@ class Proxy:
         started = time.perf_counter()
         first = True
         pending = b""  # a usage object split across chunks (rare: it is the last small event)
-        look = sse
+        # SSE: OpenAI's `usage`; Ollama's native NDJSON: the last line's eval counts.
+        look = sse or op.startswith(NATIVE_PREFIX)
+        mark, end, parse = (USAGE_MARK, b"\n\n", _usage) if sse else (OLLAMA_MARK, b"\n", ollama_usage)
         try:
             async for chunk in resp.content.iter_any():
                 if first:
@@ -307,10 +315,10 @@ class Proxy:
                     # it is not the instance's failure.
                     log.debug("client of %s went away mid-stream", op)
                     return out
-                if look and (pending or USAGE_MARK in chunk):
+                if look and (pending or mark in chunk):
                     pending += chunk
-                    if pending.endswith(b"\n\n") or len(pending) > 65536:
-                        usage = _usage(pending)
+                    if pending.endswith(end) or len(pending) > 65536:
+                        usage = parse(pending)
                         if usage:
                             look = False
                             self.metrics.add_tokens(key.name, usage)

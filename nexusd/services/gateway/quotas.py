@@ -31,8 +31,8 @@ from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.quotashare import MINUTE, QuotaShare
 from nexusd.services.gateway.ratelimit import retry_after
 
-RESERVED = "nexus.quota.reserved"  # request key: tokens this request holds
-REFUSED = "nexus.quota.refused"  # request key: refused for tokens after its request was counted
+RESERVED = web.RequestKey("quota_reserved", int)  # tokens this request holds
+REFUSED = web.RequestKey("quota_refused", bool)  # refused for tokens after its request was counted
 DEFAULT_MAX_TOKENS = 256
 BYTES_PER_TOKEN = 4
 _MAX_TOKENS = re.compile(rb'"(max_completion_tokens|max_tokens)"\s*:\s*(\d+)')
