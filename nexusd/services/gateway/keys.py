@@ -82,7 +82,8 @@ class ApiKey:
         if len(key.sha256) != 64 or any(c not in "0123456789abcdef" for c in key.sha256):
             raise ValueError("sha256 must be 64 hex characters")
         for limit in ("rpm", "tpm", "max_concurrent"):
-            if (getattr(key, limit) or 1) < 1:
+            value = getattr(key, limit)
+            if value is not None and value < 1:
                 raise ValueError(f"{limit} must be >= 1")
         return key
 
