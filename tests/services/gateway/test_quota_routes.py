@@ -27,6 +27,7 @@ from nexusd.services.ollama import OllamaService
 from tests.helpers.net import async_wait_for
 from tests.services.gateway.backend import OpenAIDouble
 from tests.services.gateway.harness import make_keys, routable, serve, serve_gateway
+from tests.services.gateway.plain_upstreams import recording_upstream
 from tests.services.ollama.ollama_double import OllamaDouble
 
 NATIVE = frozenset({"ollama.native", "chat.completions", "completions", "embeddings", "images.generate",
@@ -198,3 +199,28 @@ async def test_every_route_counts_requests_and_tokens(stack):
         last = [part async for part in reply][-1] if stream else reply
         after = used(gw, keys["meter"])
         assert after[0] - before[0] == 1 and after[1] - before[1] == last.prompt_eval_count + last.eval_count
+
+
+async def test_a_plain_upstreams_streams_count_their_usage(tmp_path):
+    """A plain OpenAI-compatible upstream (upstreams.py; the recording upstream of
+    plain_upstreams.py): a stream the client did not ask usage for still settles to it."""
+    async with recording_upstream() as rec:
+        upstreams = tmp_path / "upstreams.toml"
+        upstreams.write_text(f'[upstreams.recorder]\nbase_url = "{rec.url}/"\noperations = ["chat.completions"]\n')
+        keys = make_keys(tmp_path / "keys", {"meter": KEYS["meter"]})
+        async with serve_gateway(tmp_path / "keys", {}, upstreams=upstreams) as gw:
+            async def ready() -> bool:
+                return ("chat.completions", "rec-model") in gw.service.proxy.table.by_model
+            await async_wait_for(ready, timeout=15, what="the plain upstream routable")
+            gw.service.proxy.quotas.share.clock = lambda: 1_000_020.0
+            client = oai(gw, keys["meter"])
+            try:
+                with counts(gw, keys["meter"], 1, 5):  # the recorder's usage: 3 + 2
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model="rec-model", messages=[{"role": "user", "content": "hi"}], stream=True)
+                    assert all(c.usage is None for c in [c async for c in raw.parse()])
+                assert raw.headers["x-ratelimit-limit-tokens"] == str(10**6)
+                assert rec.chats()[-1][1]["stream_options"] == {"include_usage": True}
+            finally:
+                await client.close()
+                CLIENTS.clear()
