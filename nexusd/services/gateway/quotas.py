@@ -10,7 +10,7 @@ limits costs three attribute reads per request and nothing else.
 
 Tokens are reserved when the request is forwarded (`reserve`, once per request, whatever the
 route): an estimate of the prompt (request bytes / 4) + `max_tokens` (or
-`max_completion_tokens`; DEFAULT_MAX_TOKENS when absent or for a multipart upload), settled to
+`max_completion_tokens`; DEFAULT_MAX_TOKENS when absent or for a multipart upload) × `n`, settled to
 the answer's `total_tokens` (prompt + completion when absent), released when the answer is an
 error. An answer without usage (an image, speech, a stream whose upstream sent none) keeps its
 whole reservation: it can only over-count.
@@ -35,16 +35,17 @@ RESERVED = web.RequestKey("quota_reserved", int)  # tokens this request holds
 REFUSED = web.RequestKey("quota_refused", bool)  # refused for tokens after its request was counted
 DEFAULT_MAX_TOKENS = 256
 BYTES_PER_TOKEN = 4
-_MAX_TOKENS = re.compile(rb'"(max_completion_tokens|max_tokens)"\s*:\s*(\d+)')
+_MAX_TOKENS = re.compile(rb'"(max_completion_tokens|max_tokens|n)"\s*:\s*(\d+)')
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def estimate(body: bytes) -> int:
     """Found with a regex, not a parse (the body was validated as JSON already): the request
-    path pays a few µs, not a second json.loads. max_completion_tokens wins over max_tokens."""
+    path pays a few µs, not a second json.loads. max_completion_tokens wins over max_tokens;
+    `n` choices each may use them all."""
     found = dict(_MAX_TOKENS.findall(body))
     limit = int(found.get(b"max_completion_tokens") or found.get(b"max_tokens") or 0)
-    return len(body) // BYTES_PER_TOKEN + (limit or DEFAULT_MAX_TOKENS)
+    return len(body) // BYTES_PER_TOKEN + (limit or DEFAULT_MAX_TOKENS) * max(1, int(found.get(b"n") or 1))
 
 
 def limited(key: ApiKey | None) -> bool:

@@ -37,6 +37,7 @@ KEYS: dict[str, dict[str, Any]] = {
     "free": {"operations": NATIVE},
     "one": {"rpm": 1, "operations": NATIVE},  # one request a minute
     "tiny": {"tpm": 10, "operations": NATIVE},  # fewer tokens than any reservation
+    "thousand": {"tpm": 1000, "operations": NATIVE},
 }
 TRIOS = [f"x-ratelimit-{k}-{u}" for u in ("requests", "tokens") for k in ("limit", "remaining", "reset")]
 CLIENTS: list[Any] = []  # closed by the fixture
@@ -224,3 +225,14 @@ async def test_a_plain_upstreams_streams_count_their_usage(tmp_path):
             finally:
                 await client.close()
                 CLIENTS.clear()
+
+
+async def test_n_choices_reserve_n_times_and_settle_to_the_usage(stack):
+    gw, keys = stack
+    client = oai(gw, keys["thousand"])
+    chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}
+    with pytest.raises(openai.RateLimitError):  # 4 × 300 + the prompt > 1000, though one 300 fits
+        await client.chat.completions.create(**chat, n=4)
+    assert used(gw, keys["thousand"]) == (0, 0)
+    with counts(gw, keys["thousand"], 1, TOKENS):  # 3 × 300 fits; settled to the answer's usage
+        await client.chat.completions.create(**chat, n=3)
