@@ -18,7 +18,6 @@ whole reservation: it can only over-count.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -98,10 +97,11 @@ class Quotas:
 
     def finish(self, request: web.Request, key: ApiKey, status: int) -> None:
         self.share.enter(key.id, -1)
-        if status >= 400 and request.get(RESERVED):
-            self.settle(request, key, None, failed=True)
-        if request.get(REFUSED):  # refused for tokens: not a request the key made use of
-            self.share.add(key.id, requests=-1)
+        if status >= 400:  # (request.get is Mapping.get in Python: only on failures)
+            if request.get(RESERVED):
+                self.settle(request, key, None, failed=True)
+            if request.get(REFUSED):  # refused for tokens: not a request the key made use of
+                self.share.add(key.id, requests=-1)
 
     # --- tokens ------------------------------------------------------------------------
     def reserve(self, request: web.Request, key: ApiKey, body: bytes | Any) -> None:
@@ -141,9 +141,9 @@ class Quotas:
         requests, tokens = share.used(key.id)
         out: dict[str, str] = {}
         if rpm:
-            out.update(_trio("requests", rpm, share.share(rpm), requests, wait))
+            _trio(out, "requests", rpm, share.share(rpm), requests, wait)
         if tpm:
-            out.update(_trio("tokens", tpm, share.share(tpm), tokens, wait))
+            _trio(out, "tokens", tpm, share.share(tpm), tokens, wait)
         return out
 
     def report(self) -> dict[str, Any]:
@@ -159,10 +159,19 @@ class Quotas:
                 "period": share.period, "etcd_writes": share.writes, "keys": keys}
 
 
-def _trio(unit: str, limit: int, allowed: float, used: float, wait: str | None) -> dict[str, str]:
+_NAMES = {unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}")
+          for unit in ("requests", "tokens")}
+
+
+def _trio(out: dict[str, str], unit: str, limit: int, allowed: float, used: float, wait: str | None) -> None:
     """limit, remaining (of the part this gateway may admit), and the time until the sliding
-    minute has drained what is used (or the refusal's wait)."""
-    remaining = max(0, math.floor(allowed - used))
-    reset = f"{wait}s" if wait and remaining < 1 else f"{math.ceil(min(max(0.0, used) * MINUTE / limit, 2 * MINUTE))}s"
-    return {f"x-ratelimit-limit-{unit}": str(limit), f"x-ratelimit-remaining-{unit}": str(remaining),
-            f"x-ratelimit-reset-{unit}": reset}
+    minute has drained what is used (or the refusal's wait). Plain arithmetic: it runs for every
+    answer of a limited key (bench/gateway's gateway-limited target)."""
+    names = _NAMES[unit]
+    remaining = int(allowed - used) if allowed > used else 0  # floor, for the non-negative
+    if wait and remaining < 1:
+        reset = wait
+    else:
+        drain = used * MINUTE / limit if used > 0 else 0.0
+        reset = str(min(int(-(-drain // 1)), 2 * int(MINUTE)))  # ceil, capped at two minutes
+    out[names[0]], out[names[1]], out[names[2]] = str(limit), str(remaining), reset + "s"

@@ -75,6 +75,21 @@ class Counts:
                    int(doc.get("inflight", 0)))
 
 
+def summed(parts: Any, minute: int) -> Counts:
+    """Several gateways' counts as one, each rolled to `minute` first."""
+    total = Counts(minute)
+    for part in parts:
+        if part.minute < minute:
+            part = Counts(part.minute, part.requests, part.tokens, part.inflight)
+            part.roll(minute)  # (roll makes new lists: the record itself is left alone)
+        # else the same minute, or a later one (a clock ahead of ours): counted as of ours
+        for i in (0, 1):
+            total.requests[i] += part.requests[i]
+            total.tokens[i] += part.tokens[i]
+        total.inflight += part.inflight
+    return total
+
+
 class QuotaShare:
     def __init__(self, gateway_id: str, client_factory: Callable[[], Any] | None = None, period: float = 0.5,
                  ttl: int = 3, clock: Callable[[], float] = time.time) -> None:
@@ -85,6 +100,8 @@ class QuotaShare:
         self._factory = client_factory  # None: no etcd, quotas per gateway
         self.own: dict[str, Counts] = {}
         self.others: dict[str, dict[str, Counts]] = {}  # key_id → gateway → counts
+        # key_id → the others' counts summed (at each sync): admission reads one Counts per side
+        self.others_sum: dict[str, Counts] = {}
         self.gateways_seen = 1
         self.connected = client_factory is None
         self.writes = 0  # etcd puts so far (bounded by keys × periods, not by requests)
@@ -101,8 +118,12 @@ class QuotaShare:
     def add(self, key_id: str, requests: int = 0, tokens: int = 0) -> None:
         """Own consumption: +1 request and the reserved tokens at admission; the difference
         between actual and reserved tokens (maybe negative) when the request settles."""
-        counts = self.own.setdefault(key_id, Counts(int(self.clock() // MINUTE)))
-        counts.roll(int(self.clock() // MINUTE))
+        minute = int(self.clock() // MINUTE)
+        counts = self.own.get(key_id)
+        if counts is None:
+            counts = self.own[key_id] = Counts(minute)
+        elif counts.minute != minute:
+            counts.roll(minute)
         counts.requests[1] += requests
         counts.tokens[1] += tokens
         self._dirty.add(key_id)
@@ -120,17 +141,22 @@ class QuotaShare:
         counts = self.own.get(key_id)
         n = counts.inflight if counts is not None else 0
         if self.connected:
-            n += sum(c.inflight for c in self.others.get(key_id, {}).values())
+            others = self.others_sum.get(key_id)
+            if others is not None:
+                n += others.inflight
         return n
 
     def used(self, key_id: str) -> tuple[float, float]:
         """Global sliding-minute (requests, tokens); own only while etcd is unreachable."""
         now = self.clock()
-        parts = [self.own[key_id]] if key_id in self.own else []
+        own = self.own.get(key_id)
+        requests, tokens = own.estimate(now) if own is not None else (0.0, 0.0)
         if self.connected:
-            parts += list(self.others.get(key_id, {}).values())
-        sums = [c.estimate(now) for c in parts]
-        return sum(s[0] for s in sums), sum(s[1] for s in sums)
+            others = self.others_sum.get(key_id)
+            if others is not None:
+                more = others.estimate(now)
+                requests, tokens = requests + more[0], tokens + more[1]
+        return requests, tokens
 
     def share(self, limit: int) -> float:
         """The part of `limit` this gateway admits against: all of it while it sees the global
@@ -200,6 +226,7 @@ class QuotaShare:
             if gateway != self.gateway_id and key_id != PRESENCE:
                 others.setdefault(key_id, {})[gateway] = Counts.parse(json.loads(value))
         self.others, self.gateways_seen, self.connected = others, len(gateways), True
+        self.others_sum = {key_id: summed(counts.values(), now_minute) for key_id, counts in others.items()}
 
     async def _run(self) -> None:
         refreshed = 0.0
