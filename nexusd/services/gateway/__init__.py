@@ -38,7 +38,7 @@ from nexusd.services.gateway.protocols import ProtocolRoutes
 from nexusd.services.gateway.proxy import Proxy
 from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.quotashare import QuotaShare
-from nexusd.services.gateway.ratelimit import FileRouteLimits, RateLimiter
+from nexusd.services.gateway.ratelimit import FileRouteLimits
 from nexusd.services.gateway.response_store import ResponseStore
 from nexusd.services.gateway.routing import RoutingTable
 from nexusd.services.gateway.settings import GatewaySettings, split_list
@@ -65,7 +65,6 @@ class GatewayService(Service):
         registry = runtime.metrics.registry
         self.gw_metrics = GatewayMetrics(registry)
         self.keys = KeyStore(settings.keys_file)
-        self.limiter = RateLimiter()
         backend_tls = client_context(shared.backend_ca)  # https:// backends: verified
         self.instances = InstanceSet(
             poll_interval=settings.poll_interval, metadata_every=settings.metadata_refresh,
@@ -80,7 +79,7 @@ class GatewayService(Service):
         self.proxy = Proxy(settings, self.balancer, self.gw_metrics, self.internal_token, ssl=backend_tls)
         self.proxy.table.explain = self._explain
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
-        self.proxy.quotas = Quotas(QuotaShare(  # per-key token quotas, summed over every gateway via etcd
+        self.proxy.quotas = Quotas(QuotaShare(  # per-key quotas, summed over every gateway via etcd
             runtime.instance_id, (lambda: etcd_client(shared)) if shared.etcd_endpoint_list else None))
         self.upstreams = UpstreamSet(self.instances, retry=settings.poll_interval, on_change=self.rebuild)
         self.aggregation = Aggregation(self)
@@ -103,7 +102,7 @@ class GatewayService(Service):
         self._openapi_doc: bytes | None = None
         self.recent_errors = RecentErrors()
         self._status_page = status_handler(self.extra_metadata, self.recent_errors, self.version)
-        self._auth = make_auth_check(self.keys, self.limiter, self._rejected,
+        self._auth = make_auth_check(self.keys, self._rejected,
                                      failures_per_minute=settings.auth_failures_per_minute,
                                      trusted_proxies=settings.trusted_proxy_networks)
 
@@ -124,6 +123,12 @@ class GatewayService(Service):
         return self._auth if listener.name == "api" else None
 
     def endpoints(self) -> list[Endpoint]:
+        # Every API route a key reaches is admitted against the key's quotas (quotas.py).
+        guard = self.proxy.quotas.guard
+        return [replace(ep, handler=guard(ep.handler)) if ep.listener == "api" and not ep.public else ep
+                for ep in self._endpoints()]
+
+    def _endpoints(self) -> list[Endpoint]:
         relay = self.proxy.handle
         return [
             Endpoint("POST", "/v1/chat/completions", relay, "chat.completions", streaming=True),
@@ -248,7 +253,6 @@ class GatewayService(Service):
             if not self.keys.keys and not self.runtime.ready:
                 raise ConfigError(f"NEXUS_GATEWAY_KEYS_FILE: {exc}") from None
             raise
-        self.limiter.forget_except(set(self.keys.keys))
         if count == 0:
             log.warning("no API keys loaded from %s: every API request will get 401 "
                         "(add one with `nexusd keys add NAME`)", self.keys.path)

@@ -2,7 +2,7 @@
 of generated files needs `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's
 clients send it). It runs before routing decides
 anything, so an unknown route without a key is 401, not 404. The key's id goes into the request
-for scope checks and metrics; the key itself is never logged nor forwarded.
+for scope checks, quotas (quotas.py) and metrics; the key itself is never logged nor forwarded.
 
 Failed authentications are throttled per client address: once an address has spent its
 allowance of failures (NEXUS_GATEWAY_AUTH_FAILURES_PER_MINUTE), its requests with a header not
@@ -23,7 +23,7 @@ from nexusd.services.gateway.ratelimit import Network, RateLimiter, client_addre
 API_KEY = web.RequestKey("api_key", ApiKey)
 
 
-def make_auth_check(keys: KeyStore, limiter: RateLimiter, on_reject: Callable[[str], None], *,
+def make_auth_check(keys: KeyStore, on_reject: Callable[[str], None], *,
                     failures_per_minute: int = 30,
                     trusted_proxies: list[Network] | None = None) -> Callable[[web.Request], None]:
     """The check the runtime runs before every handler of the API listener (`Service.guard`),
@@ -51,12 +51,6 @@ def make_auth_check(keys: KeyStore, limiter: RateLimiter, on_reject: Callable[[s
             on_reject("invalid_key")
             raise ApiError(401, why, code="invalid_api_key",
                            headers={"WWW-Authenticate": 'Bearer realm="nexusd"'})
-        if key.rpm is not None:
-            wait = limiter.take(key.id, key.rpm, now)
-            if wait:
-                on_reject("rate_limited")
-                raise ApiError(429, f"Rate limit of {key.rpm} requests per minute reached for this key",
-                               code="rate_limit_exceeded", headers={"Retry-After": retry_after(wait)})
         request[API_KEY] = key
 
     return auth_check

@@ -1,4 +1,4 @@
-"""`nexusd keys add|list|revoke`: manage the gateway's API keys file.
+"""`nexusd keys add|list|update|revoke`: manage the gateway's API keys file.
 
 `add` prints the new key alone on stdout, once (so `KEY=$(nexusd keys add alice)` works); the
 file keeps only its SHA-256. After a change, `systemctl reload nexus-gateway` (SIGHUP) applies it.
@@ -7,10 +7,12 @@ file keeps only its SHA-256. After a change, `systemctl reload nexus-gateway` (S
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nexusd.services.gateway.keys import (
     KeyFileError,
@@ -41,6 +43,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _limit(text: str) -> int | None:
+    """A limit given to `update`: a number >= 1, or `none` to lift it."""
+    return None if text.strip().lower() == "none" else _positive(text)
+
+
+def _scope(values: list[str]) -> frozenset[str] | None:
+    """--ops/--models given to `update`: the new list, or `none` for unrestricted."""
+    return None if [v.strip().lower() for v in values] == ["none"] else _split(values)
+
+
+def _expiry(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else parse_expiry(text)
+
+
+# The fields `update` may change: option dest → the ApiKey field and how its text is parsed.
+# (A new limit is one entry here plus its option in add_parser.)
+UPDATABLE: dict[str, tuple[str, Any]] = {
+    "rpm": ("rpm", None), "tpm": ("tpm", None), "max_concurrent": ("max_concurrent", None),
+    "ops": ("operations", _scope), "models": ("models", _scope), "expires": ("expires", _expiry),
+}
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     path = _path(args)
     with locked(path):  # read-modify-write: a concurrent add or revoke must not be lost
@@ -60,7 +84,7 @@ def _add(args: argparse.Namespace, path: Path) -> int:
             print(f"nexusd keys: --expires: not a date or duration: {args.expires!r}", file=sys.stderr)
             return 2
     plaintext, record = new_key(args.name, operations=_split(args.ops), models=_split(args.models),
-                                rpm=args.rpm, expires=expires, tpm=args.tpm)
+                                rpm=args.rpm, expires=expires, tpm=args.tpm, max_concurrent=args.max_concurrent)
     write_keys(path, [*keys.values(), record])
     print(plaintext)
     return 0
@@ -68,12 +92,41 @@ def _add(args: argparse.Namespace, path: Path) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     keys = read_keys(_path(args))
-    print(f"{'NAME':<20} {'ID':<12} {'RPM':>5}  {'EXPIRES':<25} OPERATIONS / MODELS")
+    print(f"{'NAME':<20} {'ID':<12} {'RPM':>5} {'TPM':>8} {'CONC':>4}  {'EXPIRES':<25} OPERATIONS / MODELS")
     for k in sorted(keys.values(), key=lambda k: k.name):
         expires = datetime.fromtimestamp(k.expires, UTC).isoformat() if k.expires else "-"
         ops = ",".join(sorted(k.operations)) if k.operations is not None else "*"
         models = ",".join(sorted(k.models)) if k.models is not None else "*"
-        print(f"{k.name:<20} {k.id:<12} {k.rpm or '-':>5}  {expires:<25} {ops} / {models}")
+        print(f"{k.name:<20} {k.id:<12} {k.rpm or '-':>5} {k.tpm or '-':>8} {k.max_concurrent or '-':>4}  "
+              f"{expires:<25} {ops} / {models}")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    for dest, (field, parse) in UPDATABLE.items():
+        if dest not in vars(args):  # not given: kept
+            continue
+        try:
+            changes[field] = parse(getattr(args, dest)) if parse else getattr(args, dest)
+        except ValueError:
+            print(f"nexusd keys: --{dest.replace('_', '-')}: not valid: {getattr(args, dest)!r}", file=sys.stderr)
+            return 2
+    if not changes:
+        print("nexusd keys update: nothing to change (give --rpm, --tpm, --max-concurrent, --ops, --models "
+              "or --expires)", file=sys.stderr)
+        return 2
+    path = _path(args)
+    with locked(path):  # read-modify-write, as add and revoke
+        keys = read_keys(path)
+        found = [k for k in keys.values() if k.name == args.name or k.id == args.name]
+        if not found:
+            print(f"nexusd keys: no key named {args.name!r}", file=sys.stderr)
+            return 1
+        updated = dataclasses.replace(found[0], **changes)
+        write_keys(path, [updated if k.id == updated.id else k for k in keys.values()])
+    print(f"updated {updated.name} ({updated.id}); reload the gateway (systemctl reload nexus-gateway)",
+          file=sys.stderr)
     return 0
 
 
@@ -119,8 +172,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", help="allowed model ids or aliases (default: all)")
     p.add_argument("--rpm", type=_positive, help="requests per minute (default: unlimited)")
     p.add_argument("--tpm", type=_positive, help="tokens per minute over every gateway (default: unlimited)")
+    p.add_argument("--max-concurrent", type=_positive,
+                   help="requests in flight at once over every gateway (default: unlimited)")
     p.add_argument("--expires", help="ISO date/time (UTC) or a duration such as 30d, 12h")
     p.set_defaults(func=_guard(cmd_add))
+    p = sub.add_parser("update", parents=[common], help="change a key's limits or scope (`none` lifts one)",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("name", help="the key's name or id")
+    p.add_argument("--rpm", type=_limit, help="requests per minute over every gateway, or none")
+    p.add_argument("--tpm", type=_limit, help="tokens per minute over every gateway, or none")
+    p.add_argument("--max-concurrent", type=_limit, help="requests in flight over every gateway, or none")
+    p.add_argument("--ops", nargs="+", help="allowed operation ids, or none (all)")
+    p.add_argument("--models", nargs="+", help="allowed model ids or aliases, or none (all)")
+    p.add_argument("--expires", help="ISO date/time (UTC), a duration such as 30d, or none")
+    p.set_defaults(func=_guard(cmd_update))
     p = sub.add_parser("list", parents=[common], help="list keys (never the secrets)")
     p.set_defaults(func=_guard(cmd_list))
     p = sub.add_parser("revoke", parents=[common], help="remove a key by name or id")

@@ -10,7 +10,8 @@ The file is JSON lines, one key per line (`#` comments and blank lines allowed):
     {"id": "3f9c0a1b2c3d", "sha256": "<hex>", "name": "alice", "operations": ["chat.completions"],
      "models": ["llama3"], "rpm": 60, "expires": "2026-01-01T00:00:00+00:00"}
 
-`operations`, `models`, `rpm` and `expires` are optional (absent or null = unrestricted).
+`operations`, `models`, `rpm`, `tpm`, `max_concurrent` and `expires` are optional (absent or null
+= unrestricted).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ApiKey:
     rpm: int | None = None
     expires: float | None = None  # epoch seconds
     tpm: int | None = None  # tokens per minute, summed over every gateway (quotas.py)
+    max_concurrent: int | None = None  # requests in flight, summed over every gateway (quotas.py)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.id, "sha256": self.sha256, "name": self.name}
@@ -59,6 +61,8 @@ class ApiKey:
             doc["rpm"] = self.rpm
         if self.tpm is not None:
             doc["tpm"] = self.tpm
+        if self.max_concurrent is not None:
+            doc["max_concurrent"] = self.max_concurrent
         if self.expires is not None:
             doc["expires"] = datetime.fromtimestamp(self.expires, UTC).isoformat()
         return doc
@@ -73,11 +77,14 @@ class ApiKey:
             rpm=int(doc["rpm"]) if doc.get("rpm") is not None else None,
             expires=parse_expiry(expires) if expires is not None else None,
             tpm=int(doc["tpm"]) if doc.get("tpm") is not None else None,
+            max_concurrent=int(doc["max_concurrent"]) if doc.get("max_concurrent") is not None else None,
         )
         if len(key.sha256) != 64 or any(c not in "0123456789abcdef" for c in key.sha256):
             raise ValueError("sha256 must be 64 hex characters")
-        if key.rpm is not None and key.rpm < 1:
-            raise ValueError("rpm must be >= 1")
+        for limit in ("rpm", "tpm", "max_concurrent"):
+            value = getattr(key, limit)
+            if value is not None and value < 1:
+                raise ValueError(f"{limit} must be >= 1")
         return key
 
     def expired(self, now: float) -> bool:

@@ -135,15 +135,18 @@ class ProtocolRoutes:
         check_chat(answer, "message")
         return answer
 
-    def _tokens(self, key: ApiKey, chat_usage: dict[str, Any] | None) -> None:
+    def _tokens(self, request: web.Request, key: ApiKey, chat_usage: dict[str, Any] | None) -> None:
         if chat_usage:
-            self.proxy.metrics.add_tokens(key.name, usage_bytes(int(chat_usage.get("prompt_tokens") or 0),
-                                                                int(chat_usage.get("completion_tokens") or 0)))
+            usage = usage_bytes(int(chat_usage.get("prompt_tokens") or 0), int(chat_usage.get("completion_tokens") or 0))
+            self.proxy.metrics.add_tokens(key.name, usage)
+            if key.tpm:
+                self.proxy.quotas.settle(request, key, usage, failed=False)
 
     async def _stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,
                       translator: Any, on_done: Callable[[], None]) -> web.StreamResponse:
         """Chat SSE in, protocol SSE out: one write per upstream read."""
-        out = await runtime_sse.start(request, headers={"X-Nexus-Instance": inst.name})
+        key = request[API_KEY]  # its quota headers go with the stream's (quotas.py)
+        out = await runtime_sse.start(request, headers={"X-Nexus-Instance": inst.name, **self.proxy.quotas.headers(key)})
         started = time.perf_counter()
         reader = ChatStreamReader()
         try:
@@ -212,12 +215,12 @@ class ProtocolRoutes:
                 stream = responses.ResponsesStream(shell)
 
                 def done() -> None:
-                    self._tokens(key, stream.chat_usage)
+                    self._tokens(request, key, stream.chat_usage)
                     if store:
                         keep(stream.response, dumps(stream.response))
                 return await self._stream(request, resp, inst, op, stream, done)
             result = await self._json_answer(resp, inst)
-            self._tokens(key, result.get("usage"))
+            self._tokens(request, key, result.get("usage"))
             response, _ = responses.from_chat(result, shell)
             encoded = dumps(response)
             keep(response, encoded)
@@ -258,9 +261,9 @@ class ProtocolRoutes:
             self._account(resp, inst, op, model_id, key, start)
             if chat.get("stream") and resp.status == 200:
                 stream = messages.MessagesStream(model_id, stops)
-                return await self._stream(request, resp, inst, op, stream, lambda: self._tokens(key, stream.chat_usage))
+                return await self._stream(request, resp, inst, op, stream, lambda: self._tokens(request, key, stream.chat_usage))
             result = await self._json_answer(resp, inst)
-            self._tokens(key, result.get("usage"))
+            self._tokens(request, key, result.get("usage"))
             return web.Response(body=dumps(messages.from_chat(result, model_id, stops)),
                                 content_type="application/json", headers={"X-Nexus-Instance": inst.name})
 
@@ -285,7 +288,7 @@ class ProtocolRoutes:
                          model_id: str, key: ApiKey, start: float) -> web.StreamResponse:
             self._account(resp, inst, op, model_id, key, start)
             result = await self._json_answer(resp, inst)
-            self._tokens(key, result.get("usage"))
+            self._tokens(request, key, result.get("usage"))
             prompt = (result.get("usage") or {}).get("prompt_tokens")
             if not isinstance(prompt, int):
                 raise ApiError(502, "The backend's answer has no usage.prompt_tokens to count from",

@@ -33,7 +33,12 @@ from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
 from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.routing import Route, RoutingTable
-from nexusd.services.gateway.streamusage import UsageChunkFilter, ask_for_usage
+from nexusd.services.gateway.streamusage import (
+    OLLAMA_MARK,
+    UsageChunkFilter,
+    ask_for_usage,
+    ollama_usage,
+)
 
 if TYPE_CHECKING:
     from nexusd.services.gateway.settings import GatewaySettings
@@ -146,12 +151,10 @@ class Proxy:
         target = self.aliases.get(model, model) if model else model
         chain = self.fallbacks.chain(target) if self.fallbacks and target else None
         if chain is not None:
-            self.quotas.admit(request, key, body)
             return await forward_chain(self, request, route, chain, body, key, target, stream,  # type: ignore[arg-type]
                                        check_scope)
         instances, model_id = self.table.candidates(route, target)
         check_scope(key, route.operation_id, model_id, model)
-        self.quotas.admit(request, key, body)
         return await self.forward(request, route, instances, body, model_id, key, stream=stream)
 
     async def forward(self, request: web.Request, route: Route, instances: list[Instance],
@@ -166,6 +169,8 @@ class Proxy:
         byte reached the client raises TryNext rather than answering. `stream`: the body asks
         for one."""
         assert self.session is not None
+        if key.tpm:  # every route that reaches an upstream reserves its tokens here (quotas.py)
+            self.quotas.reserve(request, key, body)
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
         ctype = request.headers.get("Content-Type")
@@ -191,13 +196,14 @@ class Proxy:
             if slot:
                 await (acquire_or_next(self.balancer, inst, model_id) if fallback else
                        self.balancer.acquire(inst, model_id))
-            up, strip = inst.upstream, None
+            up, data, strip = inst.upstream, body, None
             if up is None:
-                url, send, data, timeout = inst.base_url + url_path, headers, body, self.timeout(op)
+                url, send, timeout = inst.base_url + url_path, headers, self.timeout(op)
             else:  # a plain upstream (upstreams.py): its URL layout, its key, never our token
                 url, send, timeout = up.url(url_path), up.headers(headers), up.timeout or self.timeout(op)
-                data, drop_usage = ask_for_usage(op, body, stream) \
-                    if up.include_usage and isinstance(body, bytes) else (body, False)
+            if stream and isinstance(body, bytes) and (up is None or up.include_usage):
+                # Streams carry usage for metrics and quotas (streamusage.py), asked and stripped.
+                data, drop_usage = ask_for_usage(op, body, stream)
                 strip = UsageChunkFilter() if drop_usage else None
             try:
                 try:
@@ -269,15 +275,16 @@ class Proxy:
             except (aiohttp.ClientError, TimeoutError):
                 self.balancer.failed(inst, connect=False)
                 raise ApiError(502, "Upstream closed the connection mid-response", code="upstream_error") from None
-            usage = _usage(data) if status == 200 else None
+            usage = (_usage(data) or (ollama_usage(data) if op.startswith(NATIVE_PREFIX) else None)) \
+                if status == 200 else None
             if usage:
                 self.metrics.add_tokens(key.name, usage)
-            if key.tpm:
+            if key.tpm:  # the quota guard adds the x-ratelimit headers to this answer
                 self.quotas.settle(request, key, usage, failed=status >= 400)
-                headers.update(self.quotas.headers(key))
             return web.Response(body=data, status=status, headers=headers)
         if key.tpm:
             self.quotas.settle(request, key, None, failed=status >= 400)
+        if key.rpm or key.tpm:  # sent before the stream: the guard cannot add them after
             headers.update(self.quotas.headers(key))
         return await self.relay_stream(request, resp, inst, op, key, headers, sse, strip)
 
@@ -291,7 +298,9 @@ class Proxy:
         started = time.perf_counter()
         first = True
         pending = b""  # a usage object split across chunks (rare: it is the last small event)
-        look = sse
+        # SSE: OpenAI's `usage`; Ollama's native NDJSON: the last line's eval counts.
+        look = sse or op.startswith(NATIVE_PREFIX)
+        mark, end, parse = (USAGE_MARK, b"\n\n", _usage) if sse else (OLLAMA_MARK, b"\n", ollama_usage)
         try:
             async for chunk in resp.content.iter_any():
                 if first:
@@ -306,10 +315,10 @@ class Proxy:
                     # it is not the instance's failure.
                     log.debug("client of %s went away mid-stream", op)
                     return out
-                if look and (pending or USAGE_MARK in chunk):
+                if look and (pending or mark in chunk):
                     pending += chunk
-                    if pending.endswith(b"\n\n") or len(pending) > 65536:
-                        usage = _usage(pending)
+                    if pending.endswith(end) or len(pending) > 65536:
+                        usage = parse(pending)
                         if usage:
                             look = False
                             self.metrics.add_tokens(key.name, usage)

@@ -1,7 +1,9 @@
-"""Per-key consumption shared by every gateway through etcd, so a key's per-minute limits hold
-for the sum of all gateways instead of per process (issue 18; used by quotas.py for `tpm`).
+"""Per-key consumption shared by every gateway through etcd, so a key's limits hold for the sum
+of all gateways instead of per process (issue 18; used by quotas.py for `rpm`, `tpm` and
+`max_concurrent`).
 
-Each gateway counts its own requests and tokens per key in fixed UTC minutes and, every
+Each gateway counts its own requests and tokens per key in fixed UTC minutes, and its requests
+in flight per key, and, every
 `period` seconds (≤ 1 s), writes one aggregated record per key that changed to
 `/nexus/quota/<key_id>/<gateway_id>` under its own lease (never a write per request). It then
 reads the whole prefix and admits against the global sum: its own live counts plus the others'
@@ -13,9 +15,11 @@ Usage in a minute is a sliding estimate: `current + previous × (1 − elapsed f
 burst across a minute boundary cannot double the limit.
 
 Overshoot bound: a gateway does not see the others' admissions of the last `period` (+ one
-read), so with G gateways each admitting at most A tokens/s for a key, the global usage can pass
-the limit by at most `(G − 1) × A × period`, plus the reservations in flight whose settled usage
-exceeds their estimate.
+read), so with G gateways each admitting at most A tokens (or requests) per second for a key, the
+global usage can pass the limit by at most `(G − 1) × A × period`, plus (tokens) the reservations
+in flight whose settled usage exceeds their estimate. In-flight requests likewise: at most
+`(G − 1) × A × period` above `max_concurrent` (A in requests/s), and never more than G ×
+`max_concurrent` (each gateway alone holds the limit against its own live count).
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ PRESENCE = "-"  # `/nexus/quota/-/<gateway_id>`: every gateway sharing, under it
 
 @dataclass
 class Counts:
-    """One gateway's use of one key: [previous minute, current minute] of requests and tokens."""
+    """One gateway's use of one key: [previous minute, current minute] of requests and tokens,
+    and its requests in flight now (a gauge: not rolled)."""
 
     minute: int = 0
     requests: list[int] = field(default_factory=lambda: [0, 0])
     tokens: list[int] = field(default_factory=lambda: [0, 0])
+    inflight: int = 0
 
     def roll(self, minute: int) -> None:
         if minute == self.minute:
@@ -61,11 +67,27 @@ class Counts:
         return 0.0, 0.0
 
     def record(self) -> dict[str, Any]:
-        return {"minute": self.minute, "requests": self.requests, "tokens": self.tokens}
+        return {"minute": self.minute, "requests": self.requests, "tokens": self.tokens, "inflight": self.inflight}
 
     @classmethod
     def parse(cls, doc: dict[str, Any]) -> Counts:
-        return cls(int(doc["minute"]), [int(x) for x in doc["requests"]], [int(x) for x in doc["tokens"]])
+        return cls(int(doc["minute"]), [int(x) for x in doc["requests"]], [int(x) for x in doc["tokens"]],
+                   int(doc.get("inflight", 0)))
+
+
+def summed(parts: Any, minute: int) -> Counts:
+    """Several gateways' counts as one, each rolled to `minute` first."""
+    total = Counts(minute)
+    for part in parts:
+        if part.minute < minute:
+            part = Counts(part.minute, part.requests, part.tokens, part.inflight)
+            part.roll(minute)  # (roll makes new lists: the record itself is left alone)
+        # else the same minute, or a later one (a clock ahead of ours): counted as of ours
+        for i in (0, 1):
+            total.requests[i] += part.requests[i]
+            total.tokens[i] += part.tokens[i]
+        total.inflight += part.inflight
+    return total
 
 
 class QuotaShare:
@@ -78,6 +100,8 @@ class QuotaShare:
         self._factory = client_factory  # None: no etcd, quotas per gateway
         self.own: dict[str, Counts] = {}
         self.others: dict[str, dict[str, Counts]] = {}  # key_id → gateway → counts
+        # key_id → the others' counts summed (at each sync): admission reads one Counts per side
+        self.others_sum: dict[str, Counts] = {}
         self.gateways_seen = 1
         self.connected = client_factory is None
         self.writes = 0  # etcd puts so far (bounded by keys × periods, not by requests)
@@ -94,20 +118,45 @@ class QuotaShare:
     def add(self, key_id: str, requests: int = 0, tokens: int = 0) -> None:
         """Own consumption: +1 request and the reserved tokens at admission; the difference
         between actual and reserved tokens (maybe negative) when the request settles."""
-        counts = self.own.setdefault(key_id, Counts(int(self.clock() // MINUTE)))
-        counts.roll(int(self.clock() // MINUTE))
+        minute = int(self.clock() // MINUTE)
+        counts = self.own.get(key_id)
+        if counts is None:
+            counts = self.own[key_id] = Counts(minute)
+        elif counts.minute != minute:
+            counts.roll(minute)
         counts.requests[1] += requests
         counts.tokens[1] += tokens
         self._dirty.add(key_id)
 
+    def enter(self, key_id: str, delta: int = 1) -> None:
+        """A request of this key starts (+1) or ends (-1) here."""
+        counts = self.own.get(key_id)
+        if counts is None:
+            counts = self.own[key_id] = Counts(int(self.clock() // MINUTE))
+        counts.inflight += delta
+        self._dirty.add(key_id)
+
+    def inflight(self, key_id: str) -> int:
+        """Requests of this key in flight: ours now plus the others' last published."""
+        counts = self.own.get(key_id)
+        n = counts.inflight if counts is not None else 0
+        if self.connected:
+            others = self.others_sum.get(key_id)
+            if others is not None:
+                n += others.inflight
+        return n
+
     def used(self, key_id: str) -> tuple[float, float]:
         """Global sliding-minute (requests, tokens); own only while etcd is unreachable."""
         now = self.clock()
-        parts = [self.own[key_id]] if key_id in self.own else []
+        own = self.own.get(key_id)
+        requests, tokens = own.estimate(now) if own is not None else (0.0, 0.0)
         if self.connected:
-            parts += list(self.others.get(key_id, {}).values())
-        sums = [c.estimate(now) for c in parts]
-        return sum(s[0] for s in sums), sum(s[1] for s in sums)
+            others = self.others_sum.get(key_id)
+            if others is not None:
+                more = others.estimate(now)
+                requests, tokens = requests + more[0], tokens + more[1]
+        return requests, tokens
 
     def share(self, limit: int) -> float:
         """The part of `limit` this gateway admits against: all of it while it sees the global
@@ -177,6 +226,7 @@ class QuotaShare:
             if gateway != self.gateway_id and key_id != PRESENCE:
                 others.setdefault(key_id, {})[gateway] = Counts.parse(json.loads(value))
         self.others, self.gateways_seen, self.connected = others, len(gateways), True
+        self.others_sum = {key_id: summed(counts.values(), now_minute) for key_id, counts in others.items()}
 
     async def _run(self) -> None:
         refreshed = 0.0

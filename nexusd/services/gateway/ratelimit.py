@@ -1,5 +1,5 @@
-"""Rate limits: per key (requests per minute) and per client address (failed authentications,
-and the public image-file route). Token buckets (capacity = rate per minute, refilled at
+"""Rate limits per client address (failed authentications, and the public image-file route);
+a key's own limits are quotas (quotas.py). Token buckets (capacity = rate per minute, refilled at
 rate/60 per second), so a client may burst up to its minute's allowance and no further."""
 
 from __future__ import annotations

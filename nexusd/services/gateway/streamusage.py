@@ -6,9 +6,23 @@ the client's stream when the client did not ask for it (OpenAI's shape: a last c
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 STREAMED_USAGE_OPS = frozenset({"chat.completions", "completions"})
+OLLAMA_MARK = b'"eval_count"'
+_OLLAMA_COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
+
+
+def ollama_usage(data: bytes) -> dict[bytes, bytes] | None:
+    """Ollama's native answers (/api/chat, /api/generate; a stream's last line) count tokens as
+    `prompt_eval_count` and `eval_count`: the same counts in the relay's usage form."""
+    found = dict(_OLLAMA_COUNTS.findall(data))
+    if not found:
+        return None
+    prompt, completion = int(found.get(b"prompt_eval_count", 0)), int(found.get(b"eval_count", 0))
+    return {b"prompt_tokens": str(prompt).encode(), b"completion_tokens": str(completion).encode(),
+            b"total_tokens": str(prompt + completion).encode()}
 
 
 def ask_for_usage(op: str, body: bytes, stream: bool) -> tuple[bytes, bool]:

@@ -141,3 +141,5 @@ def test_reservation_estimate():
     assert estimate(b'{"max_tokens": 5}') == len(b'{"max_tokens": 5}') // 4 + 5
     assert estimate(b'{"max_completion_tokens": 9, "max_tokens": 5}') == 11 + 9
     assert estimate(b"{}") == 256 and estimate(b"[1]") == 256  # absent: the default completion
+    assert estimate(b'{"n": 3, "max_tokens": 5}') == 24 // 4 + 3 * 5  # n choices, each up to max_tokens
+    assert estimate(b'{"n":2}') == 7 // 4 + 2 * 256 and estimate(b'{"n": 0}') == 8 // 4 + 256

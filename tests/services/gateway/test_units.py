@@ -58,6 +58,7 @@ def test_a_broken_file_on_reload_keeps_the_previous_keys(tmp_path):
 @pytest.mark.parametrize("line", [
     "{not json", '{"id": "a"}', '{"id": "a", "sha256": "zz", "name": "n"}',
     '{"id": "a", "sha256": "' + "0" * 64 + '", "name": "n", "rpm": 0}',
+    '{"id": "a", "sha256": "' + "0" * 64 + '", "name": "n", "max_concurrent": 0}',
 ])
 def test_bad_key_file_lines_are_named(tmp_path, line):
     path = tmp_path / "k"
