@@ -87,7 +87,8 @@ def plan_stack(state_dir: Path, free_ports: bool, etcd_endpoint: str | None) -> 
     for name in names:
         env = {**common, **service_defaults(name)}
         plans.append(Planned(name, env, bind_listeners(name, free_ports)))
-    gateway_env = {**common, "NEXUS_GATEWAY_KEYS_FILE": str(state_dir / "api-keys")}
+    gateway_env = {**common, "NEXUS_GATEWAY_KEYS_FILE": str(state_dir / "api-keys"),
+                   "NEXUS_GATEWAY_USAGE_DIR": str(state_dir / "usage")}  # the usage ledger without etcd
     gateway = Planned("gateway", gateway_env, bind_listeners("gateway", free_ports))
     if not etcd_endpoint:
         for p in plans:

@@ -31,6 +31,7 @@ from nexusd.services.gateway.discovery import EtcdDiscovery, add_static
 from nexusd.services.gateway.fallbacks import Fallbacks
 from nexusd.services.gateway.instances import Instance, InstanceSet
 from nexusd.services.gateway.keys import KeyFileError, KeyStore
+from nexusd.services.gateway.ledger import Ledger, usage_id, usage_store
 from nexusd.services.gateway.localunits import LocalUnitsDiscovery
 from nexusd.services.gateway.metrics import GatewayMetrics, InstanceCollector
 from nexusd.services.gateway.multipart import MultipartRelay
@@ -81,6 +82,9 @@ class GatewayService(Service):
         self.uploads = MultipartRelay(self.proxy, settings.max_upload)
         self.proxy.quotas = Quotas(QuotaShare(  # per-key quotas, summed over every gateway via etcd
             runtime.instance_id, (lambda: etcd_client(shared)) if shared.etcd_endpoint_list else None))
+        self.ledger = Ledger(usage_id(settings), usage_store(settings, shared),  # usage and budgets
+                             period=settings.usage_period, days=settings.usage_days)
+        self.proxy.quotas.ledger = self.ledger
         self.upstreams = UpstreamSet(self.instances, retry=settings.poll_interval, on_change=self.rebuild)
         self.aggregation = Aggregation(self)
         self.protocols = ProtocolRoutes(self.proxy, ResponseStore(
@@ -182,6 +186,7 @@ class GatewayService(Service):
 
     def extra_metadata(self) -> dict[str, Any]:
         return {**self.aggregation.report(), **diagnosis.report(self), "quotas": self.proxy.quotas.report(),
+                "usage": self.ledger.report(),
                 "aliases": self.proxy.aliases, "alias_conflicts": self.alias_conflicts}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -192,6 +197,7 @@ class GatewayService(Service):
         self.instances.self_urls = self._own_urls()
         await self.proxy.start()
         self.proxy.quotas.share.start()
+        self.ledger.start()
         await self.instances.start()
         await self.upstreams.start()
         add_static(self.instances, self.settings.static_backends or {})
@@ -219,6 +225,7 @@ class GatewayService(Service):
         await self.upstreams.stop()
         await self.instances.stop()
         await self.proxy.quotas.share.stop()
+        await self.ledger.stop()
         await self.proxy.stop()
 
     async def reload(self) -> None:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nexusd.services.gateway import usagecli
+from nexusd.services.gateway.budget import parse_budget
 from nexusd.services.gateway.keys import (
     KeyFileError,
     locked,
@@ -62,7 +64,19 @@ def _expiry(text: str) -> float | None:
 UPDATABLE: dict[str, tuple[str, Any]] = {
     "rpm": ("rpm", None), "tpm": ("tpm", None), "max_concurrent": ("max_concurrent", None),
     "ops": ("operations", _scope), "models": ("models", _scope), "expires": ("expires", _expiry),
+    "budget": ("budget", None),  # parsed by its option's type (_budget_or_none)
 }
+
+
+def _budget(text: str) -> tuple[int, str]:
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _budget_or_none(text: str) -> tuple[int, str] | None:
+    return None if text.strip().lower() == "none" else _budget(text)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -84,7 +98,8 @@ def _add(args: argparse.Namespace, path: Path) -> int:
             print(f"nexusd keys: --expires: not a date or duration: {args.expires!r}", file=sys.stderr)
             return 2
     plaintext, record = new_key(args.name, operations=_split(args.ops), models=_split(args.models),
-                                rpm=args.rpm, expires=expires, tpm=args.tpm, max_concurrent=args.max_concurrent)
+                                rpm=args.rpm, expires=expires, tpm=args.tpm, max_concurrent=args.max_concurrent,
+                                budget=args.budget)
     write_keys(path, [*keys.values(), record])
     print(plaintext)
     return 0
@@ -114,7 +129,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             return 2
     if not changes:
         print("nexusd keys update: nothing to change (give --rpm, --tpm, --max-concurrent, --ops, --models "
-              "or --expires)", file=sys.stderr)
+              "--expires or --budget)", file=sys.stderr)
         return 2
     path = _path(args)
     with locked(path):  # read-modify-write, as add and revoke
@@ -175,6 +190,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=_positive,
                    help="requests in flight at once over every gateway (default: unlimited)")
     p.add_argument("--expires", help="ISO date/time (UTC) or a duration such as 30d, 12h")
+    p.add_argument("--budget", type=_budget, help="tokens per UTC day or month over every gateway: N/day or N/month")
     p.set_defaults(func=_guard(cmd_add))
     p = sub.add_parser("update", parents=[common], help="change a key's limits or scope (`none` lifts one)",
                        argument_default=argparse.SUPPRESS)
@@ -185,9 +201,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ops", nargs="+", help="allowed operation ids, or none (all)")
     p.add_argument("--models", nargs="+", help="allowed model ids or aliases, or none (all)")
     p.add_argument("--expires", help="ISO date/time (UTC), a duration such as 30d, or none")
+    p.add_argument("--budget", type=_budget_or_none, help="tokens per UTC day or month (N/day, N/month), or none")
     p.set_defaults(func=_guard(cmd_update))
     p = sub.add_parser("list", parents=[common], help="list keys (never the secrets)")
     p.set_defaults(func=_guard(cmd_list))
     p = sub.add_parser("revoke", parents=[common], help="remove a key by name or id")
     p.add_argument("name")
     p.set_defaults(func=_guard(cmd_revoke))
+    usagecli.add_parser(sub, common, _guard, _path)  # `keys usage`: the usage ledger

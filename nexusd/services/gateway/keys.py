@@ -10,8 +10,8 @@ The file is JSON lines, one key per line (`#` comments and blank lines allowed):
     {"id": "3f9c0a1b2c3d", "sha256": "<hex>", "name": "alice", "operations": ["chat.completions"],
      "models": ["llama3"], "rpm": 60, "expires": "2026-01-01T00:00:00+00:00"}
 
-`operations`, `models`, `rpm`, `tpm`, `max_concurrent` and `expires` are optional (absent or null
-= unrestricted).
+`operations`, `models`, `rpm`, `tpm`, `max_concurrent`, `budget` ("N/day" or "N/month") and `expires`
+are optional (absent or null = unrestricted).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from nexusd.services.gateway.budget import parse_budget
 
 PREFIX = "nx"
 ID_HEX = 12
@@ -50,6 +52,7 @@ class ApiKey:
     expires: float | None = None  # epoch seconds
     tpm: int | None = None  # tokens per minute, summed over every gateway (quotas.py)
     max_concurrent: int | None = None  # requests in flight, summed over every gateway (quotas.py)
+    budget: tuple[int, str] | None = None  # tokens per UTC day or month, every gateway (budget.py)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.id, "sha256": self.sha256, "name": self.name}
@@ -63,6 +66,8 @@ class ApiKey:
             doc["tpm"] = self.tpm
         if self.max_concurrent is not None:
             doc["max_concurrent"] = self.max_concurrent
+        if self.budget is not None:
+            doc["budget"] = f"{self.budget[0]}/{self.budget[1]}"
         if self.expires is not None:
             doc["expires"] = datetime.fromtimestamp(self.expires, UTC).isoformat()
         return doc
@@ -78,6 +83,7 @@ class ApiKey:
             expires=parse_expiry(expires) if expires is not None else None,
             tpm=int(doc["tpm"]) if doc.get("tpm") is not None else None,
             max_concurrent=int(doc["max_concurrent"]) if doc.get("max_concurrent") is not None else None,
+            budget=parse_budget(doc["budget"]) if doc.get("budget") is not None else None,
         )
         if len(key.sha256) != 64 or any(c not in "0123456789abcdef" for c in key.sha256):
             raise ValueError("sha256 must be 64 hex characters")

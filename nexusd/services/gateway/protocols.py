@@ -135,12 +135,13 @@ class ProtocolRoutes:
         check_chat(answer, "message")
         return answer
 
-    def _tokens(self, request: web.Request, key: ApiKey, chat_usage: dict[str, Any] | None) -> None:
+    def _tokens(self, request: web.Request, key: ApiKey, chat_usage: dict[str, Any] | None, model: str) -> None:
+        usage = None
         if chat_usage:
             usage = usage_bytes(int(chat_usage.get("prompt_tokens") or 0), int(chat_usage.get("completion_tokens") or 0))
             self.proxy.metrics.add_tokens(key.name, usage)
-            if key.tpm:
-                self.proxy.quotas.settle(request, key, usage, failed=False)
+        # every key: the usage ledger (ledger.py), and tpm's settlement
+        self.proxy.quotas.settle(request, key, usage, failed=False, model=model)
 
     async def _stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance, op: str,
                       translator: Any, on_done: Callable[[], None]) -> web.StreamResponse:
@@ -215,12 +216,12 @@ class ProtocolRoutes:
                 stream = responses.ResponsesStream(shell)
 
                 def done() -> None:
-                    self._tokens(request, key, stream.chat_usage)
+                    self._tokens(request, key, stream.chat_usage, model_id)
                     if store:
                         keep(stream.response, dumps(stream.response))
                 return await self._stream(request, resp, inst, op, stream, done)
             result = await self._json_answer(resp, inst)
-            self._tokens(request, key, result.get("usage"))
+            self._tokens(request, key, result.get("usage"), model_id)
             response, _ = responses.from_chat(result, shell)
             encoded = dumps(response)
             keep(response, encoded)
@@ -261,9 +262,9 @@ class ProtocolRoutes:
             self._account(resp, inst, op, model_id, key, start)
             if chat.get("stream") and resp.status == 200:
                 stream = messages.MessagesStream(model_id, stops)
-                return await self._stream(request, resp, inst, op, stream, lambda: self._tokens(request, key, stream.chat_usage))
+                return await self._stream(request, resp, inst, op, stream, lambda: self._tokens(request, key, stream.chat_usage, model_id))
             result = await self._json_answer(resp, inst)
-            self._tokens(request, key, result.get("usage"))
+            self._tokens(request, key, result.get("usage"), model_id)
             return web.Response(body=dumps(messages.from_chat(result, model_id, stops)),
                                 content_type="application/json", headers={"X-Nexus-Instance": inst.name})
 
@@ -288,7 +289,7 @@ class ProtocolRoutes:
                          model_id: str, key: ApiKey, start: float) -> web.StreamResponse:
             self._account(resp, inst, op, model_id, key, start)
             result = await self._json_answer(resp, inst)
-            self._tokens(request, key, result.get("usage"))
+            self._tokens(request, key, result.get("usage"), model_id)
             prompt = (result.get("usage") or {}).get("prompt_tokens")
             if not isinstance(prompt, int):
                 raise ApiError(502, "The backend's answer has no usage.prompt_tokens to count from",

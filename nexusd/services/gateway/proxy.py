@@ -169,7 +169,7 @@ class Proxy:
         byte reached the client raises TryNext rather than answering. `stream`: the body asks
         for one."""
         assert self.session is not None
-        if key.tpm:  # every route that reaches an upstream reserves its tokens here (quotas.py)
+        if key.tpm or key.budget:  # every route that reaches an upstream reserves its tokens here (quotas.py)
             self.quotas.reserve(request, key, body)
         op = route.operation_id
         headers = {**self._base_headers, "X-Request-ID": request_id_var.get() or ""}
@@ -279,18 +279,18 @@ class Proxy:
                 if status == 200 else None
             if usage:
                 self.metrics.add_tokens(key.name, usage)
-            if key.tpm:  # the quota guard adds the x-ratelimit headers to this answer
-                self.quotas.settle(request, key, usage, failed=status >= 400)
+            # every key: the usage ledger; tpm's settlement; the quota guard adds the x-ratelimit headers
+            self.quotas.settle(request, key, usage, failed=status >= 400, model=model_id)
             return web.Response(body=data, status=status, headers=headers)
-        if key.tpm:
-            self.quotas.settle(request, key, None, failed=status >= 400)
+        if status >= 400:
+            self.quotas.settle(request, key, None, failed=True, model=model_id)
         if key.rpm or key.tpm:  # sent before the stream: the guard cannot add them after
             headers.update(self.quotas.headers(key))
-        return await self.relay_stream(request, resp, inst, op, key, headers, sse, strip)
+        return await self.relay_stream(request, resp, inst, op, key, headers, sse, strip, model_id)
 
     async def relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance,
                            op: str, key: ApiKey, headers: dict[str, str], sse: bool,
-                           strip: UsageChunkFilter | None = None) -> web.StreamResponse:
+                           strip: UsageChunkFilter | None = None, model_id: str = "") -> web.StreamResponse:
         out = web.StreamResponse(status=resp.status, headers=headers)
         if sse:
             out.headers["Cache-Control"] = "no-cache"
@@ -322,7 +322,7 @@ class Proxy:
                         if usage:
                             look = False
                             self.metrics.add_tokens(key.name, usage)
-                            self.quotas.settle(request, key, usage, failed=False)
+                            self.quotas.settle(request, key, usage, failed=False, model=model_id)
                         pending = b""
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 TimeoutError) as exc:
@@ -336,6 +336,8 @@ class Proxy:
                                                      type="server_error", code="upstream_disconnected")))
         if strip is not None and strip.pending:
             await out.write(strip.flush())
+        if (look or not sse) and resp.status < 400:  # relayed, no usage came: the request still counts
+            self.quotas.settle(request, key, None, failed=False, model=model_id)
         await out.write_eof()
         return out
 

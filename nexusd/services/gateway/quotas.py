@@ -54,6 +54,7 @@ def limited(key: ApiKey | None) -> bool:
 class Quotas:
     def __init__(self, share: QuotaShare | None = None) -> None:
         self.share = share or QuotaShare("local")
+        self.ledger: Any = None  # the usage ledger and budgets (ledger.py), set by the gateway
 
     # --- around every handler ----------------------------------------------------------
     def guard(self, handler: Handler) -> Handler:
@@ -62,7 +63,12 @@ class Quotas:
         async def quota_guarded(request: web.Request) -> web.StreamResponse:
             key = request.get(API_KEY)
             if key is None or not (key.rpm or key.tpm or key.max_concurrent):
-                return await handler(request)
+                if key is None or key.budget is None or self.ledger is None:
+                    return await handler(request)
+                try:  # a budget only: its reservation ends with the request (ledger.py)
+                    return await handler(request)
+                finally:
+                    self.ledger.release(request)
             self.admit(request, key)
             try:
                 response = await handler(request)
@@ -97,6 +103,8 @@ class Quotas:
 
     def finish(self, request: web.Request, key: ApiKey, status: int) -> None:
         self.share.enter(key.id, -1)
+        if self.ledger is not None:
+            self.ledger.release(request)
         if status >= 400:  # (request.get is Mapping.get in Python: only on failures)
             if request.get(RESERVED):
                 self.settle(request, key, None, failed=True)
@@ -106,6 +114,8 @@ class Quotas:
     # --- tokens ------------------------------------------------------------------------
     def reserve(self, request: web.Request, key: ApiKey, body: bytes | Any) -> None:
         """Once per request (a fallback chain forwards again): 429 when the estimate does not fit."""
+        if key.budget is not None and self.ledger is not None:  # 429 past the key's --budget (ledger.py)
+            self.ledger.admit(request, key, estimate(body) if isinstance(body, bytes) else DEFAULT_MAX_TOKENS)
         tpm = key.tpm
         if not tpm or RESERVED in request:
             return
@@ -119,7 +129,10 @@ class Quotas:
         self.share.add(key.id, tokens=reserve)
         request[RESERVED] = reserve
 
-    def settle(self, request: web.Request, key: ApiKey, usage: dict[bytes, bytes] | None, failed: bool) -> None:
+    def settle(self, request: web.Request, key: ApiKey, usage: dict[bytes, bytes] | None, failed: bool,
+               model: str = "") -> None:
+        if self.ledger is not None:  # every key: the usage ledger (ledger.py)
+            self.ledger.settle(request, key, model, usage, failed)
         reserved = request.get(RESERVED)
         if not reserved or not (failed or usage):
             return  # nothing held, or no usage yet (a stream's comes at its end): it stands

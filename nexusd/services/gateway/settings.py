@@ -84,6 +84,15 @@ class GatewaySettings(ServiceSettings):
     responses_store_bytes: int = Field(64 << 20, ge=0, description="Responses store: bytes at most")
     responses_store_ttl: float = Field(3600.0, gt=0, description="Responses store: seconds a response is kept")
     etcd_retry: float = Field(2.0, gt=0, le=60, description="Seconds between etcd reconnect attempts (max backoff)")
+    usage_dir: Path | None = Field(None, description="Usage ledger without etcd: one file per UTC day and gateway "
+                                   "here. Default: $STATE_DIRECTORY/usage (the unit's, /var/lib/nexus/gateway/usage); "
+                                   "neither set: in memory only. With etcd it lives in etcd")
+    usage_days: int = Field(90, ge=1, description="Usage ledger: days kept; older days are deleted")
+    usage_period: float = Field(5.0, gt=0, le=300, description="Usage ledger: seconds between writes of this "
+                                                               "gateway's counts (and reads of the others')")
+    usage_id: str = Field("", pattern=r"^[A-Za-z0-9_.@:-]*$",
+                          description="Usage ledger: this gateway's id, stable across restarts "
+                                      "(default <host>-<port>, @N for an instance)")
 
     @field_validator("trusted_proxies")
     @classmethod
