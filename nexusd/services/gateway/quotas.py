@@ -150,7 +150,7 @@ class Quotas:
         if not (rpm or tpm):
             return {}
         share = self.share
-        requests, tokens = share.used(key.id)  # one usage computation for both trios
+        requests, tokens = share.used(key.id)
         out: dict[str, str] = {}
         if rpm:
             _trio(out, "requests", rpm, share.share(rpm), requests, wait)
