@@ -10,7 +10,8 @@ Target `gateway-upstream` is a second gateway with the same backend declared as 
 OpenAI-compatible upstream (NEXUS_GATEWAY_UPSTREAMS) instead of a Nexus instance. Target
 `gateway-limited` is the `gateway` target with a key that has every quota (rpm, tpm,
 max_concurrent, none of them biting): the quota bookkeeping's cost, as limited/unlimited CPU per
-request in the same run (issue 18's goal: <= 1.05).
+request in the same run (issue 18's goal: <= 1.05); `gateway-control` is the `gateway` target
+measured again, its ratio to `gateway` the noise floor of such a ratio on this machine.
 
 Reports per target and workload: req/s, CPU µs per request of the relaying process (from
 /proc/<pid>/stat; for `direct`, the backend's), p50/p99 latency, SSE events/s, and RSS.
@@ -149,7 +150,8 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="measure every target this many times, interleaved (ratios use the medians)")
+                    help="measure every target this many times, interleaved, the order reversed every other "
+                         "round (ratios use the medians; an even number balances the order)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
@@ -198,7 +200,9 @@ def main() -> None:
         wait_ok(f"http://127.0.0.1:{uport}/v1/chat/completions", auth)
         targets = [("direct", bport, backend.pid, {}), ("bare-proxy", pport, bare.pid, {}),
                    ("gateway", gport, gateway.pid, auth), ("gateway-upstream", uport, upstream_gw.pid, auth),
-                   ("gateway-limited", gport, gateway.pid, {"Authorization": f"Bearer {limited_key}"})]
+                   ("gateway-limited", gport, gateway.pid, {"Authorization": f"Bearer {limited_key}"}),
+                   # the `gateway` target again (same key): the noise floor of a same-run ratio
+                   ("gateway-control", gport, gateway.pid, auth)]
         results = []
         targets = [t for t in targets if t[0] in args.targets.split(",")]
         spy = None
@@ -207,8 +211,10 @@ def main() -> None:
             spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", args.py_spy,
                                     "-f", "speedscope", "-r", "200"])
         for workload in args.workloads.split(","):
-            for conns, _ in ((c, r) for c in (1, args.conns) for r in range(args.rounds)):
-                for name, port, pid, headers in targets:
+            for conns, rnd in ((c, r) for c in (1, args.conns) for r in range(args.rounds)):
+                # Alternate the order every round: whichever target runs second in a round may
+                # pay for the first's leftovers (GC, buffers, the OS) and get a warmer cache.
+                for name, port, pid, headers in (targets if rnd % 2 == 0 else targets[::-1]):
                     if workload in PROTOCOL_WORKLOADS and name != "gateway":
                         continue
                     r = measure(name, port, pid, workload, headers, conns, args.seconds)
@@ -244,14 +250,20 @@ def summarize(results: list[dict]) -> None:
             up, nexus = statistics.median(figures), statistics.median(cpu[("gateway", workload, conns)])
             print(f"{workload} at {conns} conns: plain upstream/Nexus instance CPU/req {up / nexus:.3f}x "
                   f"(medians of {len(figures)}: {up:.1f} / {nexus:.1f} µs; goal <= 1.05)")
-    for workload in sorted({r["workload"] for r in results}):
-        for conns in sorted({r["conns"] for r in results}):
-            lim, gw = cpu.get(("gateway-limited", workload, conns)), cpu.get(("gateway", workload, conns))
-            if lim and gw:
-                lim_cpu, gw_cpu = statistics.median(lim), statistics.median(gw)
-                print(f"{workload} x{conns}: quota bookkeeping (gateway-limited/gateway) CPU/req "
-                      f"{lim_cpu / gw_cpu:.3f}x (medians of {len(lim)}: {lim_cpu:.1f} / {gw_cpu:.1f} µs; "
-                      "goal <= 1.05)")
+    workloads, all_conns = sorted({r["workload"] for r in results}), sorted({r["conns"] for r in results})
+    for workload, conns, other in ((w, c, o) for w in workloads for c in all_conns
+                                   for o in ("gateway-limited", "gateway-control")):
+        lim, gw = cpu.get((other, workload, conns)), cpu.get(("gateway", workload, conns))
+        if lim and gw:
+            lim_cpu, gw_cpu = statistics.median(lim), statistics.median(gw)
+            # Each round measures both back to back: their ratio cancels the machine's drift
+            # between rounds (other processes' load), which the medians of each do not.
+            pairs = sorted(a / b for a, b in zip(lim, gw, strict=True))
+            what = "quota bookkeeping" if other == "gateway-limited" else "noise floor, same key twice"
+            print(f"{workload} x{conns}: {what} ({other}/gateway) CPU/req "
+                  f"{lim_cpu / gw_cpu:.3f}x (medians of {len(lim)}: {lim_cpu:.1f} / {gw_cpu:.1f} µs; "
+                  f"per round {statistics.median(pairs):.3f}x median, {pairs[0]:.3f}-{pairs[-1]:.3f}"
+                  f"{'; goal <= 1.05' if other == 'gateway-limited' else ''})")
     conns = max(r["conns"] for r in results)
     for workload in PROTOCOL_WORKLOADS:  # translation cost against plain chat through the same gateway
         base = "sse50" if workload.endswith("sse50") else "chat"

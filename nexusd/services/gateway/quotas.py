@@ -98,8 +98,7 @@ class Quotas:
         if wait:
             raise ApiError(429, why, code="rate_limit_exceeded",
                            headers={"Retry-After": retry_after(wait), **self.headers(key, retry_after(wait))})
-        share.add(key.id, requests=1)
-        share.enter(key.id)
+        share.admitted(key.id)  # +1 request in the minute, +1 in flight
 
     def finish(self, request: web.Request, key: ApiKey, status: int) -> None:
         self.share.enter(key.id, -1)

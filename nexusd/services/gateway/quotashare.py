@@ -128,6 +128,19 @@ class QuotaShare:
         counts.tokens[1] += tokens
         self._dirty.add(key_id)
 
+    def admitted(self, key_id: str) -> None:
+        """`add(key_id, requests=1)` and `enter(key_id)` in one look-up: what every admitted
+        request of a limited key does (the per-request path, bench/gateway's gateway-limited)."""
+        minute = int(self.clock() // MINUTE)
+        counts = self.own.get(key_id)
+        if counts is None:
+            counts = self.own[key_id] = Counts(minute)
+        elif counts.minute != minute:
+            counts.roll(minute)
+        counts.requests[1] += 1
+        counts.inflight += 1
+        self._dirty.add(key_id)
+
     def enter(self, key_id: str, delta: int = 1) -> None:
         """A request of this key starts (+1) or ends (-1) here."""
         counts = self.own.get(key_id)
