@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,20 @@ def load(doc: Any) -> Record:
     return {str(model): [int(counts.get(f) or 0) for f in FIELDS] for model, counts in doc.items()}
 
 
-class Store:
+class Store(ABC):
+    """Where the ledger keeps its records: etcd, a directory, or memory (one subclass each)."""
+
+    @abstractmethod
     async def read(self, first: str, last: str) -> list[Row]:
         """Every gateway's records of the days `first`..`last` (inclusive, YYYY-MM-DD)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def write(self, day: str, gateway: str, records: dict[str, Record], changed: set[str]) -> None:
         """This gateway's records of `day` (all its keys; `changed`: those that changed)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def delete_before(self, day: str) -> None:
-        raise NotImplementedError
+        """Every record of the days before `day` (retention)."""
 
     async def reset(self) -> None:
         """After a failure: drop any connection, the next call makes a fresh one."""
@@ -59,8 +63,9 @@ class Store:
     async def close(self) -> None:
         await self.reset()
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """Where the records are, for the log and `/v1/metadata`."""
 
 
 class EtcdStore(Store):

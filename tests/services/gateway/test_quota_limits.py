@@ -9,18 +9,13 @@ gateway; both refuse with 429 `rate_limit_exceeded`, Retry-After and x-ratelimit
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from nexusd.runtime.settings import SharedSettings
 from tests.helpers.net import async_wait_for
 from tests.services.gateway.backend import OpenAIDouble
-from tests.services.gateway.harness import make_keys, run_gateway, serve
-from tests.services.gateway.test_quotas import INTERNAL, call
+from tests.services.gateway.test_quotas import call, two_gateways
 
 RPM = 6
 
@@ -37,31 +32,6 @@ class HoldingDouble(OpenAIDouble):
         if self.gate is not None:
             await self.gate.wait()
         return await super().chat(request)
-
-
-@contextlib.asynccontextmanager
-async def two_gateways(tmp_path, etcd, keys: dict, double: type[OpenAIDouble] = OpenAIDouble):
-    plain = make_keys(tmp_path / "keys", keys)
-    async with serve(double, SharedSettings(etcd_endpoints="", internal_token=INTERNAL)) as backend:
-        env = {"NEXUS_ETCD_ENDPOINTS": etcd.endpoint, "NEXUS_GATEWAY_KEYS_FILE": str(tmp_path / "keys"),
-               "NEXUS_GATEWAY_STATIC_BACKENDS": json.dumps({"testai": backend.url}),
-               "NEXUS_INTERNAL_TOKEN": INTERNAL}
-        with contextlib.ExitStack() as stack:  # entered in threads: the backend runs on this loop
-            a = await asyncio.to_thread(stack.enter_context, run_gateway(tmp_path, env))
-            b = await asyncio.to_thread(stack.enter_context, run_gateway(tmp_path, env))
-            async with aiohttp.ClientSession() as http:
-                for gw in (a, b):
-                    async def routable(gw=gw) -> bool:
-                        return (await call(http, gw, plain["free"]))[0] == 200
-
-                    await async_wait_for(routable, timeout=20, what="chat routable through the gateway")
-
-                    async def two_seen(gw=gw) -> bool:
-                        q = (await asyncio.to_thread(gw.metadata))["extra"]["quotas"]
-                        return q["shared"] and q["connected"] and q["gateways"] == 2
-
-                    await async_wait_for(two_seen, timeout=20, what="both gateways in the quota share")
-                yield a, b, http, plain, backend
 
 
 def key_id(plain: str) -> str:

@@ -52,9 +52,10 @@ async def call(http: aiohttp.ClientSession, gw, key: str, stream: bool = False) 
         return 200, usage[0]["total_tokens"], headers, {}
 
 
-async def test_tpm_holds_across_two_gateways_and_a_dead_ones_share_expires(tmp_path, etcd):
-    keys = make_keys(tmp_path / "keys", {"limited": {"tpm": TPM}, "free": {}})
-    async with serve(OpenAIDouble, SharedSettings(etcd_endpoints="", internal_token=INTERNAL)) as backend:
+@contextlib.asynccontextmanager
+async def two_gateways(tmp_path, etcd, keys: dict, double: type[OpenAIDouble] = OpenAIDouble):
+    plain = make_keys(tmp_path / "keys", keys)
+    async with serve(double, SharedSettings(etcd_endpoints="", internal_token=INTERNAL)) as backend:
         env = {"NEXUS_ETCD_ENDPOINTS": etcd.endpoint, "NEXUS_GATEWAY_KEYS_FILE": str(tmp_path / "keys"),
                "NEXUS_GATEWAY_STATIC_BACKENDS": json.dumps({"testai": backend.url}),
                "NEXUS_INTERNAL_TOKEN": INTERNAL}
@@ -64,7 +65,7 @@ async def test_tpm_holds_across_two_gateways_and_a_dead_ones_share_expires(tmp_p
             async with aiohttp.ClientSession() as http:
                 for gw in (a, b):
                     async def routable(gw=gw) -> bool:
-                        return (await call(http, gw, keys["free"]))[0] == 200
+                        return (await call(http, gw, plain["free"]))[0] == 200
 
                     await async_wait_for(routable, timeout=20, what="chat routable through the gateway")
 
@@ -73,53 +74,57 @@ async def test_tpm_holds_across_two_gateways_and_a_dead_ones_share_expires(tmp_p
                         return q["shared"] and q["connected"] and q["gateways"] == 2
 
                     await async_wait_for(two_seen, timeout=20, what="both gateways in the quota share")
+                yield a, b, http, plain, backend
 
-                accepted, refused = 0, {a.port: 0, b.port: 0}
-                started, i, tail = time.monotonic(), 0, []
-                while len(tail) < 6 or any(s == 200 for s in tail[-6:]):
-                    gw = (a, b)[i % 2]
-                    status, tokens, headers, error = await call(http, gw, keys["limited"], stream=i % 3 == 2)
-                    assert headers["x-ratelimit-limit-tokens"] == str(TPM), headers
-                    assert int(headers["x-ratelimit-remaining-tokens"]) >= 0
-                    assert headers["x-ratelimit-reset-tokens"].endswith("s")
-                    if status == 200:
-                        accepted += tokens
-                    else:
-                        assert status == 429 and error["error"]["code"] == "rate_limit_exceeded", error
-                        assert int(headers["Retry-After"]) >= 1
-                        refused[gw.port] += 1
-                    tail.append(status)
-                    free = await call(http, gw, keys["free"])
-                    assert free[0] == 200 and "x-ratelimit-limit-tokens" not in free[2]  # never refused
-                    i += 1
-                    assert i < 400, "the limit never bit"
-                elapsed = time.monotonic() - started
-                reserve = estimate(json.dumps(chat(True)).encode())
-                bound = (2 - 1) * (accepted / elapsed) * PERIOD + reserve
-                print(f"accepted {accepted} tokens of tpm {TPM} in {elapsed:.2f}s; bound {TPM + bound:.0f}")
-                assert accepted <= TPM + bound
-                assert accepted >= TPM - reserve  # the global limit, not half of it
-                assert refused[a.port] and refused[b.port]
 
-                # a dies without a goodbye: its share expires with its lease, and b's remaining
-                # tokens grow by what a had used (b's own use stays counted)
-                async def remaining(gw) -> int:
-                    return int((await call(http, gw, keys["limited"]))[2]["x-ratelimit-remaining-tokens"])
+async def test_tpm_holds_across_two_gateways_and_a_dead_ones_share_expires(tmp_path, etcd):
+    async with two_gateways(tmp_path, etcd, {"limited": {"tpm": TPM}, "free": {}}) as (a, b, http, keys, _):
+        accepted, refused = 0, {a.port: 0, b.port: 0}
+        started, i, tail = time.monotonic(), 0, []
+        while len(tail) < 6 or any(s == 200 for s in tail[-6:]):
+            gw = (a, b)[i % 2]
+            status, tokens, headers, error = await call(http, gw, keys["limited"], stream=i % 3 == 2)
+            assert headers["x-ratelimit-limit-tokens"] == str(TPM), headers
+            assert int(headers["x-ratelimit-remaining-tokens"]) >= 0
+            assert headers["x-ratelimit-reset-tokens"].endswith("s")
+            if status == 200:
+                accepted += tokens
+            else:
+                assert status == 429 and error["error"]["code"] == "rate_limit_exceeded", error
+                assert int(headers["Retry-After"]) >= 1
+                refused[gw.port] += 1
+            tail.append(status)
+            free = await call(http, gw, keys["free"])
+            assert free[0] == 200 and "x-ratelimit-limit-tokens" not in free[2]  # never refused
+            i += 1
+            assert i < 400, "the limit never bit"
+        elapsed = time.monotonic() - started
+        reserve = estimate(json.dumps(chat(True)).encode())
+        bound = (2 - 1) * (accepted / elapsed) * PERIOD + reserve
+        print(f"accepted {accepted} tokens of tpm {TPM} in {elapsed:.2f}s; bound {TPM + bound:.0f}")
+        assert accepted <= TPM + bound
+        assert accepted >= TPM - reserve  # the global limit, not half of it
+        assert refused[a.port] and refused[b.port]
 
-                async def b_sees_the_sum() -> bool:  # within a period or two of the last request
-                    return await remaining(b) == max(0, TPM - accepted)
+        # a dies without a goodbye: its share expires with its lease, and b's remaining
+        # tokens grow by what a had used (b's own use stays counted)
+        async def remaining(gw) -> int:
+            return int((await call(http, gw, keys["limited"]))[2]["x-ratelimit-remaining-tokens"])
 
-                await async_wait_for(b_sees_the_sum, timeout=10, what="b's view includes a's use")
-                before = await remaining(b)
-                a.proc.send_signal(signal.SIGKILL)
-                a.proc.wait(10)
+        async def b_sees_the_sum() -> bool:  # within a period or two of the last request
+            return await remaining(b) == max(0, TPM - accepted)
 
-                async def alone() -> bool:
-                    return (await asyncio.to_thread(b.metadata))["extra"]["quotas"]["gateways"] == 1
+        await async_wait_for(b_sees_the_sum, timeout=10, what="b's view includes a's use")
+        before = await remaining(b)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
 
-                await async_wait_for(alone, timeout=20, what="a's quota share expired with its lease")
-                after = await remaining(b)
-                assert after > before, (before, after)
+        async def alone() -> bool:
+            return (await asyncio.to_thread(b.metadata))["extra"]["quotas"]["gateways"] == 1
+
+        await async_wait_for(alone, timeout=20, what="a's quota share expired with its lease")
+        after = await remaining(b)
+        assert after > before, (before, after)
 
 
 def test_keys_add_tpm_round_trips(tmp_path):
