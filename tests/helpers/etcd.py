@@ -50,10 +50,17 @@ class Etcd:
             ca, cert, key = self.tls
             cmd += ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", str(ca),
                     "--client-cert-auth"]
-        self.log = open(self.data_dir.parent / f"etcd-{self.client_port}.log", "ab")  # noqa: SIM115
+        self.log_path = self.data_dir.parent / f"etcd-{self.client_port}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": "amd64"})
-        wait_for(self.healthy, timeout=20, what="etcd health")
+        wait_for(self.healthy_or_exited, timeout=20, what="etcd health")
+        if self.proc.poll() is not None:
+            self.log.close()
+            raise AssertionError(f"etcd exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
         return self
+
+    def healthy_or_exited(self) -> bool:
+        return self.proc is not None and (self.proc.poll() is not None or self.healthy())
 
     def healthy(self) -> bool:
         context = None
