@@ -154,6 +154,9 @@ def main() -> None:
                          "round (ratios use the medians; an even number balances the order)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the gateway (experiments, e.g. NEXUS_ACCESS_LOG=false)")
+    ap.add_argument("--interleave", type=float, metavar="SLICE_S",
+                    help="measure the targets in alternating slices of SLICE_S seconds (interleave.py): "
+                         "for ratios of a few percent on a drifting machine")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -214,10 +217,16 @@ def main() -> None:
             for conns, rnd in ((c, r) for c in (1, args.conns) for r in range(args.rounds)):
                 # Alternate the order every round: whichever target runs second in a round may
                 # pay for the first's leftovers (GC, buffers, the OS) and get a warmer cache.
-                for name, port, pid, headers in (targets if rnd % 2 == 0 else targets[::-1]):
-                    if workload in PROTOCOL_WORKLOADS and name != "gateway":
-                        continue
-                    r = measure(name, port, pid, workload, headers, conns, args.seconds)
+                ordered = [t for t in (targets if rnd % 2 == 0 else targets[::-1])
+                           if workload not in PROTOCOL_WORKLOADS or t[0] == "gateway"]
+                if args.interleave:  # all targets in one alternating run (interleave.py)
+                    from bench.gateway.interleave import measure_interleaved
+
+                    rows = measure_interleaved(ordered, workload, conns, args.seconds, args.interleave)
+                else:
+                    rows = [measure(name, port, pid, workload, headers, conns, args.seconds)
+                            for name, port, pid, headers in ordered]
+                for r in rows:
                     results.append(r)
                     print(json.dumps(r), flush=True)
         if spy is not None:

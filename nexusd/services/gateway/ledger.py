@@ -146,7 +146,8 @@ class Ledger:
     def settle(self, request: web.Request, key: ApiKey, model: str, usage: dict[bytes, bytes] | None,
                failed: bool) -> None:
         """An answer was relayed: one request, and its usage when it reported one."""
-        self.release(request)
+        if key.budget is not None:  # only a budget reserves (admit)
+            self.release(request)
         if failed or not key.id:  # no id: the public image-file route's capability URL, no key
             return
         prompt = int(usage.get(b"prompt_tokens") or 0) if usage else 0

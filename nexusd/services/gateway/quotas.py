@@ -30,8 +30,6 @@ from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.quotashare import MINUTE, QuotaShare
 from nexusd.services.gateway.ratelimit import retry_after
 
-RESERVED = web.RequestKey("quota_reserved", int)  # tokens this request holds
-REFUSED = web.RequestKey("quota_refused", bool)  # refused for tokens after its request was counted
 DEFAULT_MAX_TOKENS = 256
 BYTES_PER_TOKEN = 4
 _MAX_TOKENS = re.compile(rb'"(max_completion_tokens|max_tokens|n)"\s*:\s*(\d+)')
@@ -42,9 +40,33 @@ def estimate(body: bytes) -> int:
     """Found with a regex, not a parse (the body was validated as JSON already): the request
     path pays a few µs, not a second json.loads. max_completion_tokens wins over max_tokens;
     `n` choices each may use them all."""
-    found = dict(_MAX_TOKENS.findall(body))
-    limit = int(found.get(b"max_completion_tokens") or found.get(b"max_tokens") or 0)
-    return len(body) // BYTES_PER_TOKEN + (limit or DEFAULT_MAX_TOKENS) * max(1, int(found.get(b"n") or 1))
+    limit = completion = 0
+    n = 1
+    for name, value in _MAX_TOKENS.findall(body):  # (the last of a repeated field wins, as in JSON)
+        if name == b"max_tokens":
+            limit = int(value)
+        elif name == b"n":
+            n = int(value) or 1
+        else:
+            completion = int(value)
+    return len(body) // BYTES_PER_TOKEN + (completion or limit or DEFAULT_MAX_TOKENS) * n
+
+
+class Held:
+    """A limited key's request, in one request slot: the key's sliding-minute use as its
+    admission and reservation left it (its x-ratelimit headers say that, as OpenAI's do, without
+    a second count) and the tokens it holds."""
+
+    __slots__ = ("requests", "tokens", "reserved", "refused")
+
+    def __init__(self, requests: float | None) -> None:
+        self.requests = requests  # None: no rpm, not counted
+        self.tokens: float | None = None  # None: nothing reserved (yet)
+        self.reserved: int | None = None  # tokens held until settled; None: never reserved
+        self.refused = False  # refused for tokens after its request was counted
+
+
+HELD = web.RequestKey("quota_held", Held)
 
 
 def limited(key: ApiKey | None) -> bool:
@@ -69,45 +91,42 @@ class Quotas:
                     return await handler(request)
                 finally:
                     self.ledger.release(request)
-            self.admit(request, key)
+            held = request[HELD] = self.admit(key)
             try:
                 response = await handler(request)
             except ApiError as exc:
-                self.finish(request, key, exc.status)
-                exc.headers.update(self.headers(key, exc.headers.get("Retry-After")))
+                self.finish(request, key, held, exc.status)
+                exc.headers.update(self.headers(key, held, exc.headers.get("Retry-After")))
                 raise
             except BaseException:
-                self.finish(request, key, 499)  # the client went away
+                self.finish(request, key, held, 499)  # the client went away
                 raise
-            self.finish(request, key, response.status)
+            self.finish(request, key, held, response.status)
             if not response.prepared:  # a stream's headers were sent with the quota's already
-                response.headers.update(self.headers(key))
+                response.headers.update(self.headers(key, held))
             return response
 
         return quota_guarded
 
-    def admit(self, request: web.Request, key: ApiKey) -> None:
+    def admit(self, key: ApiKey) -> Held:
         """Requests per minute and in flight, over every gateway: 429 when over either."""
-        share, rpm, most = self.share, key.rpm, key.max_concurrent
-        wait, why = 0.0, ""
-        if rpm:
-            wait = share.check(key.id, rpm, None, 0)
-            why = f"Rate limit of {rpm} requests per minute reached for this key"
-        if not wait and most and share.inflight(key.id) + 1 > share.share(most):
-            wait, why = 1.0, f"Limit of {most} concurrent requests reached for this key"
+        wait, refused, requests = self.share.take_request(key.id, key.rpm, key.max_concurrent)
         if wait:
+            why = (f"Rate limit of {key.rpm} requests per minute reached for this key" if refused == "requests"
+                   else f"Limit of {key.max_concurrent} concurrent requests reached for this key")
             raise ApiError(429, why, code="rate_limit_exceeded",
-                           headers={"Retry-After": retry_after(wait), **self.headers(key, retry_after(wait))})
-        share.admitted(key.id)  # +1 request in the minute, +1 in flight
+                           headers={"Retry-After": retry_after(wait), **self.headers(key, None, retry_after(wait))})
+        return Held(requests)
 
-    def finish(self, request: web.Request, key: ApiKey, status: int) -> None:
+    def finish(self, request: web.Request, key: ApiKey, held: Held, status: int) -> None:
         self.share.enter(key.id, -1)
-        if self.ledger is not None:
+        if key.budget is not None and self.ledger is not None:
             self.ledger.release(request)
-        if status >= 400:  # (request.get is Mapping.get in Python: only on failures)
-            if request.get(RESERVED):
-                self.settle(request, key, None, failed=True)
-            if request.get(REFUSED):  # refused for tokens: not a request the key made use of
+        if status >= 400:
+            if held.reserved:  # an error: its tokens are given back
+                self.share.add(key.id, tokens=-held.reserved)
+                held.reserved = 0
+            if held.refused:  # refused for tokens: not a request the key made use of
                 self.share.add(key.id, requests=-1)
 
     # --- tokens ------------------------------------------------------------------------
@@ -116,46 +135,58 @@ class Quotas:
         if key.budget is not None and self.ledger is not None:  # 429 past the key's --budget (ledger.py)
             self.ledger.admit(request, key, estimate(body) if isinstance(body, bytes) else DEFAULT_MAX_TOKENS)
         tpm = key.tpm
-        if not tpm or RESERVED in request:
+        if not tpm:
+            return
+        held = request[HELD]
+        if held.reserved is not None:
             return
         reserve = estimate(body) if isinstance(body, bytes) else DEFAULT_MAX_TOKENS
-        wait = self.share.check(key.id, None, tpm, reserve)
+        wait, tokens = self.share.take_tokens(key.id, tpm, reserve)
         if wait:
-            request[REFUSED] = True
+            held.refused = True
             raise ApiError(429, f"Token limit of {tpm} tokens per minute reached for this key",
                            code="rate_limit_exceeded",
-                           headers={"Retry-After": retry_after(wait), **self.headers(key, retry_after(wait))})
-        self.share.add(key.id, tokens=reserve)
-        request[RESERVED] = reserve
+                           headers={"Retry-After": retry_after(wait), **self.headers(key, None, retry_after(wait))})
+        held.reserved, held.tokens = reserve, tokens
 
     def settle(self, request: web.Request, key: ApiKey, usage: dict[bytes, bytes] | None, failed: bool,
                model: str = "") -> None:
         if self.ledger is not None:  # every key: the usage ledger (ledger.py)
             self.ledger.settle(request, key, model, usage, failed)
-        reserved = request.get(RESERVED)
-        if not reserved or not (failed or usage):
-            return  # nothing held, or no usage yet (a stream's comes at its end): it stands
-        request[RESERVED] = 0
+        if not key.tpm or not (failed or usage):
+            return  # no token limit, or no usage yet (a stream's comes at its end): it stands
+        held = request[HELD]
+        reserved = held.reserved
+        if not reserved:
+            return
+        held.reserved = 0
         actual = 0
         if usage and not failed:
             actual = int(usage.get(b"total_tokens") or 0) or (
                 int(usage.get(b"prompt_tokens") or 0) + int(usage.get(b"completion_tokens") or 0))
         self.share.add(key.id, tokens=actual - reserved)
+        if held.tokens is not None:
+            held.tokens += actual - reserved
 
     # --- what clients and operators see ------------------------------------------------
-    def headers(self, key: ApiKey, wait: str | None = None) -> dict[str, str]:
+    def headers(self, key: ApiKey, held: Held | None = None, wait: str | None = None) -> dict[str, str]:
         """OpenAI's x-ratelimit-* trios for the limits the key has; {} for an unlimited key.
-        `wait`: a refusal's Retry-After, which is then the reset of the limit that refused."""
+        The use is the one `held` (the request's) counted, else counted now. `wait`: a
+        refusal's Retry-After, which is then the reset of the limit that refused."""
         rpm, tpm = key.rpm, key.tpm
         if not (rpm or tpm):
             return {}
         share = self.share
-        requests, tokens = share.used(key.id)
+        requests, tokens = (held.requests, held.tokens) if held is not None else (None, None)
+        if (rpm and requests is None) or (tpm and tokens is None):
+            live = share.used(key.id)  # a refusal, or a request that reserved no tokens (no upstream)
+            requests = live[0] if requests is None else requests
+            tokens = live[1] if tokens is None else tokens
         out: dict[str, str] = {}
         if rpm:
-            _trio(out, "requests", rpm, share.share(rpm), requests, wait)
+            _trio(out, _REQUESTS, rpm, rpm if share.connected else share.share(rpm), requests, wait)  # type: ignore[arg-type]
         if tpm:
-            _trio(out, "tokens", tpm, share.share(tpm), tokens, wait)
+            _trio(out, _TOKENS, tpm, tpm if share.connected else share.share(tpm), tokens, wait)  # type: ignore[arg-type]
         return out
 
     def report(self) -> dict[str, Any]:
@@ -171,19 +202,22 @@ class Quotas:
                 "period": share.period, "etcd_writes": share.writes, "keys": keys}
 
 
-_NAMES = {unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}")
-          for unit in ("requests", "tokens")}
+_REQUESTS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+_TOKENS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+_LONGEST_RESET = 2 * int(MINUTE)
 
 
-def _trio(out: dict[str, str], unit: str, limit: int, allowed: float, used: float, wait: str | None) -> None:
+def _trio(out: dict[str, str], names: tuple[str, str, str], limit: int, allowed: float, used: float,
+          wait: str | None) -> None:
     """limit, remaining (of the part this gateway may admit), and the time until the sliding
     minute has drained what is used (or the refusal's wait). Plain arithmetic: it runs for every
-    answer of a limited key (bench/gateway's gateway-limited target)."""
-    names = _NAMES[unit]
+    answer of a limited key (bench/gateway's gateway-limited)."""
     remaining = int(allowed - used) if allowed > used else 0  # floor, for the non-negative
     if wait and remaining < 1:
-        reset = wait
+        reset = wait + "s"
+    elif used > 0:
+        drain = -(-used * MINUTE // limit)  # ceil of the seconds to drain `used` at `limit` a minute
+        reset = f"{min(int(drain), _LONGEST_RESET)}s"
     else:
-        drain = used * MINUTE / limit if used > 0 else 0.0
-        reset = str(min(int(-(-drain // 1)), 2 * int(MINUTE)))  # ceil, capped at two minutes
-    out[names[0]], out[names[1]], out[names[2]] = str(limit), str(remaining), reset + "s"
+        reset = "0s"
+    out[names[0]], out[names[1]], out[names[2]] = str(limit), str(remaining), reset

@@ -118,28 +118,63 @@ class QuotaShare:
     def add(self, key_id: str, requests: int = 0, tokens: int = 0) -> None:
         """Own consumption: +1 request and the reserved tokens at admission; the difference
         between actual and reserved tokens (maybe negative) when the request settles."""
-        minute = int(self.clock() // MINUTE)
-        counts = self.own.get(key_id)
-        if counts is None:
-            counts = self.own[key_id] = Counts(minute)
-        elif counts.minute != minute:
-            counts.roll(minute)
+        counts = self._own(key_id, int(self.clock() // MINUTE))
         counts.requests[1] += requests
         counts.tokens[1] += tokens
         self._dirty.add(key_id)
 
-    def admitted(self, key_id: str) -> None:
-        """`add(key_id, requests=1)` and `enter(key_id)` in one look-up: what every admitted
-        request of a limited key does (the per-request path, bench/gateway's gateway-limited)."""
-        minute = int(self.clock() // MINUTE)
+    def _own(self, key_id: str, minute: int) -> Counts:
         counts = self.own.get(key_id)
         if counts is None:
             counts = self.own[key_id] = Counts(minute)
         elif counts.minute != minute:
             counts.roll(minute)
-        counts.requests[1] += 1
-        counts.inflight += 1
+        return counts
+
+    # take_request and take_tokens are check() and add() fused, one clock read and one look-up
+    # each: they run for every request of a limited key (bench/gateway's gateway-limited).
+    def take_request(self, key_id: str, rpm: int | None, most: int | None) -> tuple[float, str, float | None]:
+        """Admit one request: (0, "", requests) and it is counted (+1 request in the minute, +1
+        in flight; `requests`: the sliding minute's with it, None without an rpm); else (seconds
+        to wait, "requests" or "concurrent": the limit that refused, None)."""
+        now = self.clock()
+        minute = int(now // MINUTE)
+        own = self._own(key_id, minute)
+        others = self.others_sum.get(key_id) if self.connected else None
+        requests = None
+        if rpm:
+            requests = own.requests[1] + own.requests[0] * (1.0 - (now - minute * MINUTE) / MINUTE)
+            if others is not None:
+                requests += others.estimate(now)[0]
+            allowed = rpm if self.connected else self.share(rpm)
+            if requests + 1 > allowed:
+                return self._wait(requests + 1 - allowed, rpm), "requests", None
+            requests += 1
+        if most and own.inflight + (others.inflight if others is not None else 0) + 1 > (
+                most if self.connected else self.share(most)):
+            return 1.0, "concurrent", None
+        own.requests[1] += 1
+        own.inflight += 1
         self._dirty.add(key_id)
+        return 0.0, "", requests
+
+    def take_tokens(self, key_id: str, tpm: int, reserve: int) -> tuple[float, float]:
+        """Reserve `reserve` tokens: (0, the sliding minute's tokens with them) and they are
+        counted; else (the seconds to wait, the tokens without them)."""
+        now = self.clock()
+        minute = int(now // MINUTE)
+        own = self._own(key_id, minute)
+        tokens = own.tokens[1] + own.tokens[0] * (1.0 - (now - minute * MINUTE) / MINUTE)
+        if self.connected:
+            others = self.others_sum.get(key_id)
+            if others is not None:
+                tokens += others.estimate(now)[1]
+        allowed = tpm if self.connected else self.share(tpm)
+        if tokens + reserve > allowed:
+            return self._wait(tokens + reserve - allowed, tpm), tokens
+        own.tokens[1] += reserve
+        self._dirty.add(key_id)
+        return 0.0, tokens + reserve
 
     def enter(self, key_id: str, delta: int = 1) -> None:
         """A request of this key starts (+1) or ends (-1) here."""
