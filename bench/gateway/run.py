@@ -12,6 +12,8 @@ OpenAI-compatible upstream (NEXUS_GATEWAY_UPSTREAMS) instead of a Nexus instance
 max_concurrent, none of them biting): the quota bookkeeping's cost, as limited/unlimited CPU per
 request in the same run (issue 18's goal: <= 1.05); `gateway-control` is the `gateway` target
 measured again, its ratio to `gateway` the noise floor of such a ratio on this machine.
+`--interleave 0.25` measures the targets of a round in alternating 0.25 s slices (interleave.py)
+instead of one after another: the way to resolve a few percent on a machine whose speed drifts.
 
 Reports per target and workload: req/s, CPU µs per request of the relaying process (from
 /proc/<pid>/stat; for `direct`, the backend's), p50/p99 latency, SSE events/s, and RSS.
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -157,6 +160,9 @@ def main() -> None:
     ap.add_argument("--interleave", type=float, metavar="SLICE_S",
                     help="measure the targets in alternating slices of SLICE_S seconds (interleave.py): "
                          "for ratios of a few percent on a drifting machine")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the relaying processes to the last CPU and the load generator and backend to the "
+                         "others: on a small machine, less noise in the CPU-per-request ratios")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the last of --targets (default: the gateway) with py-spy (speedscope JSON)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
@@ -201,6 +207,12 @@ def main() -> None:
         wait_ok(f"http://127.0.0.1:{pport}/v1/chat/completions")
         wait_ok(f"http://127.0.0.1:{gport}/v1/chat/completions", auth)
         wait_ok(f"http://127.0.0.1:{uport}/v1/chat/completions", auth)
+        if args.pin:  # the relays on the last CPU, the load and the backend on the others
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) > 1:
+                for p in procs:
+                    os.sched_setaffinity(p.pid, cpus[:-1] if p is backend else cpus[-1:])
+                os.sched_setaffinity(0, cpus[:-1])
         targets = [("direct", bport, backend.pid, {}), ("bare-proxy", pport, bare.pid, {}),
                    ("gateway", gport, gateway.pid, auth), ("gateway-upstream", uport, upstream_gw.pid, auth),
                    ("gateway-limited", gport, gateway.pid, {"Authorization": f"Bearer {limited_key}"}),
@@ -240,6 +252,7 @@ def main() -> None:
             p.terminate()
         for p in procs:
             p.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def summarize(results: list[dict]) -> None:

@@ -33,7 +33,6 @@ from nexusd.services.gateway.chatstream import (
 from nexusd.services.gateway.instances import Instance
 from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.proxy import check_scope, mime, read_body
-from nexusd.services.gateway.quotas import HELD
 from nexusd.services.gateway.response_store import ResponseStore
 from nexusd.services.gateway.routing import Route
 
@@ -148,7 +147,7 @@ class ProtocolRoutes:
                       translator: Any, on_done: Callable[[], None]) -> web.StreamResponse:
         """Chat SSE in, protocol SSE out: one write per upstream read."""
         key = request[API_KEY]  # its quota headers go with the stream's (quotas.py)
-        out = await runtime_sse.start(request, headers={"X-Nexus-Instance": inst.name, **self.proxy.quotas.headers(key, request.get(HELD))})
+        out = await runtime_sse.start(request, headers={"X-Nexus-Instance": inst.name, **self.proxy.quotas.answer_headers(request, key)})
         started = time.perf_counter()
         reader = ChatStreamReader()
         try:

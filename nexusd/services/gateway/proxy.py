@@ -31,7 +31,7 @@ from nexusd.services.gateway.fallbacks import acquire as acquire_or_next
 from nexusd.services.gateway.instances import Instance
 from nexusd.services.gateway.keys import ApiKey
 from nexusd.services.gateway.metrics import GatewayMetrics
-from nexusd.services.gateway.quotas import HELD, Quotas
+from nexusd.services.gateway.quotas import Quotas
 from nexusd.services.gateway.routing import Route, RoutingTable
 from nexusd.services.gateway.streamusage import (
     OLLAMA_MARK,
@@ -279,13 +279,15 @@ class Proxy:
                 if status == 200 else None
             if usage:
                 self.metrics.add_tokens(key.name, usage)
-            # every key: the usage ledger; tpm's settlement; the quota guard adds the x-ratelimit headers
+            # every key: the usage ledger; tpm's settlement; then a limited key's x-ratelimit headers
             self.quotas.settle(request, key, usage, failed=status >= 400, model=model_id)
+            if key.rpm or key.tpm:
+                headers.update(self.quotas.answer_headers(request, key))
             return web.Response(body=data, status=status, headers=headers)
         if status >= 400:
             self.quotas.settle(request, key, None, failed=True, model=model_id)
         if key.rpm or key.tpm:  # sent before the stream: the guard cannot add them after
-            headers.update(self.quotas.headers(key, request[HELD]))
+            headers.update(self.quotas.answer_headers(request, key))
         return await self.relay_stream(request, resp, inst, op, key, headers, sse, strip, model_id)
 
     async def relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse, inst: Instance,

@@ -18,6 +18,7 @@ whole reservation: it can only over-count.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,13 +58,14 @@ class Held:
     admission and reservation left it (its x-ratelimit headers say that, as OpenAI's do, without
     a second count) and the tokens it holds."""
 
-    __slots__ = ("requests", "tokens", "reserved", "refused")
+    __slots__ = ("requests", "tokens", "reserved", "refused", "sent")
 
     def __init__(self, requests: float | None) -> None:
         self.requests = requests  # None: no rpm, not counted
         self.tokens: float | None = None  # None: nothing reserved (yet)
         self.reserved: int | None = None  # tokens held until settled; None: never reserved
         self.refused = False  # refused for tokens after its request was counted
+        self.sent = False  # its x-ratelimit headers are in the answer already (answer_headers)
 
 
 HELD = web.RequestKey("quota_held", Held)
@@ -102,7 +104,7 @@ class Quotas:
                 self.finish(request, key, held, 499)  # the client went away
                 raise
             self.finish(request, key, held, response.status)
-            if not response.prepared:  # a stream's headers were sent with the quota's already
+            if not (response.prepared or held.sent):  # (a stream's went out with its start)
                 response.headers.update(self.headers(key, held))
             return response
 
@@ -189,6 +191,15 @@ class Quotas:
             _trio(out, _TOKENS, tpm, tpm if share.connected else share.share(tpm), tokens, wait)  # type: ignore[arg-type]
         return out
 
+    def answer_headers(self, request: web.Request, key: ApiKey) -> dict[str, str]:
+        """headers() for the handler to put in its answer itself — a stream's, sent before the
+        guard sees the answer, or a relayed one's, built with them rather than added after."""
+        if not (key.rpm or key.tpm):
+            return {}
+        held = request[HELD]
+        held.sent = True
+        return self.headers(key, held)
+
     def report(self) -> dict[str, Any]:
         """For /v1/metadata: whether the counts are shared, over how many gateways, and each
         key's global view (key ids are public; requests and tokens in the sliding minute)."""
@@ -204,7 +215,7 @@ class Quotas:
 
 _REQUESTS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 _TOKENS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
-_LONGEST_RESET = 2 * int(MINUTE)
+_RESETS = [f"{seconds}s" for seconds in range(2 * int(MINUTE) + 1)]  # capped at two minutes
 
 
 def _trio(out: dict[str, str], names: tuple[str, str, str], limit: int, allowed: float, used: float,
@@ -215,9 +226,6 @@ def _trio(out: dict[str, str], names: tuple[str, str, str], limit: int, allowed:
     remaining = int(allowed - used) if allowed > used else 0  # floor, for the non-negative
     if wait and remaining < 1:
         reset = wait + "s"
-    elif used > 0:
-        drain = -(-used * MINUTE // limit)  # ceil of the seconds to drain `used` at `limit` a minute
-        reset = f"{min(int(drain), _LONGEST_RESET)}s"
     else:
-        reset = "0s"
+        reset = _RESETS[min(math.ceil(used * MINUTE / limit), len(_RESETS) - 1)] if used > 0 else "0s"
     out[names[0]], out[names[1]], out[names[2]] = str(limit), str(remaining), reset

@@ -211,16 +211,6 @@ class QuotaShare:
         sum, `limit ÷ gateways last seen` while etcd is unreachable."""
         return float(limit) if self.connected else limit / max(1, self.gateways_seen)
 
-    def check(self, key_id: str, rpm: int | None, tpm: int | None, reserve: int) -> float:
-        """0 when a request reserving `reserve` tokens fits; else seconds until it may (Retry-After)."""
-        requests, tokens = self.used(key_id)
-        waits = []
-        if rpm and requests + 1 > self.share(rpm):
-            waits.append(self._wait(requests + 1 - self.share(rpm), rpm))
-        if tpm and tokens + reserve > self.share(tpm):
-            waits.append(self._wait(tokens + reserve - self.share(tpm), tpm))
-        return max(waits, default=0.0)
-
     def _wait(self, excess: float, limit: int) -> float:
         """The previous minute's weight decays at limit/60 per second at most: a lower bound,
         capped at the rest of the minute plus one (the previous minute is then gone)."""

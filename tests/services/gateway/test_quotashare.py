@@ -3,7 +3,7 @@ on one etcd admit against the global sum, within the documented overshoot bound;
 key and period, not per request; a killed gateway's share expires with its lease; etcd away →
 limit ÷ gateways last seen, then a resync. Minutes are rolled with an injected clock.
 
-Two QuotaShare objects in one process stand for two gateways (the proxy does not call them yet).
+Two QuotaShare objects in one process stand for two gateways, called as the quota guard calls them.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ async def alternate(gws: list[QuotaShare], requests: int, sync_every: int) -> in
     admitted = 0
     for i in range(requests):
         gw = gws[i % len(gws)]
-        if gw.check("k", None, TPM, RESERVE) == 0:
-            gw.add("k", requests=1, tokens=RESERVE)
+        if gw.take_tokens("k", TPM, RESERVE)[0] == 0:  # counted when it fits
             admitted += RESERVE
-        assert gw.check("free", None, None, RESERVE) == 0  # an unlimited key is never refused
+        assert gw.take_request("free", None, None)[0] == 0  # a key without limits is never refused
         if (i + 1) % sync_every == 0:  # a period: everyone publishes, then everyone reads
             for g in gws + gws:
                 await g.sync()
@@ -44,7 +43,7 @@ async def test_global_sum_and_overshoot_bound(etcd):
     try:
         # Synced after every request: the limit holds exactly.
         assert await alternate([a, b], 12, sync_every=1) == TPM
-        assert a.check("k", None, TPM, RESERVE) > 0 and b.check("k", None, TPM, RESERVE) > 0
+        assert a.take_tokens("k", TPM, RESERVE)[0] > 0 and b.take_tokens("k", TPM, RESERVE)[0] > 0
         assert a.used("k")[1] == b.used("k")[1] == TPM
         # Without the shared view each gateway would have admitted TPM: 2× the limit.
         clock[0] += 120  # two minutes on: the window is empty again
@@ -109,7 +108,7 @@ async def test_etcd_away_admits_against_a_share_then_resyncs(etcd):
         assert b.share(TPM) == TPM / 2  # limit ÷ the 2 gateways it last saw
         assert b.used("k")[1] == 0  # own counts only
         b.add("k", requests=1, tokens=100)
-        assert b.check("k", None, TPM, 1) > 0  # 100 + 1 > 200 / 2
+        assert b.take_tokens("k", TPM, 1)[0] > 0  # 100 + 1 > 200 / 2
         etcd.start()
 
         async def resynced() -> bool:
@@ -126,10 +125,12 @@ def test_sliding_minute_with_an_injected_clock():
     q = QuotaShare("gw", clock=lambda: clock[0])
     q.add("k", requests=4, tokens=200)
     assert q.used("k") == (4, 200)
-    assert q.check("k", 4, TPM, 1) > 0 and q.check("k", None, None, 10**9) == 0
+    assert q.take_request("k", 4, None)[0] > 0 and q.take_tokens("k", TPM, 1)[0] > 0  # refusals count nothing
     clock[0] = 690.0  # half-way through the next minute: half the previous one still counts
     assert q.used("k") == (2, 100)
-    assert q.check("k", None, TPM, 100) == 0 and q.check("k", None, TPM, 101) > 0
-    clock[0] = 720.0  # two minutes on: nothing left
+    assert q.take_tokens("k", TPM, 101) == (q._wait(1, TPM), 100)
+    assert q.take_request("k", 4, None) == (0, "", 3)  # admitted: the sliding minute with it
+    assert q.take_tokens("k", TPM, 100) == (0, 200)
+    clock[0] = 780.0  # two minutes after those: nothing left
     assert q.used("k") == (0, 0)
     assert Counts.parse(q.own["k"].record()) == q.own["k"]
