@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import cpu_seconds, free_port
+from bench.common import cpu_seconds, free_port, wait_ready
 from bench.llm import llamaserver
 from bench.llm.run import PROMPT, REPO, direct_run, eog_bias
 
@@ -53,19 +53,8 @@ def start_service(gguf: str, threads: int, ctx: int, parallel: int) -> tuple[sub
     log = tempfile.TemporaryFile()
     svc = subprocess.Popen([sys.executable, "-m", "nexusd.cli", "run", "ollama"], env=env, stdout=log, stderr=log,
                            cwd=REPO)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/readyz")
-            if c.getresponse().status == 200:
-                return svc, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline or svc.poll() is not None:
-            log.seek(0)
-            sys.exit("service did not become ready:\n" + log.read().decode()[-2000:])
-        time.sleep(0.2)
+    wait_ready(svc, log, port, "/readyz", 180, "the ollama service")
+    return svc, port
 
 
 def stream(port: int, body: dict, tokens: int, out: list[dict[str, float]]) -> None:

@@ -10,14 +10,12 @@ RAM; `ignore_eos` bans end-of-generation, so every stream produces exactly the a
 
 from __future__ import annotations
 
-import http.client
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import free_port
+from bench.common import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,17 +41,5 @@ def start(exe: Path, gguf: str, threads: int, ctx: int, parallel: int, n_batch: 
            "--cache-ram", "0", "--no-webui"]
     log = tempfile.TemporaryFile()
     svc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return svc, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline or svc.poll() is not None:
-            svc.kill()
-            log.seek(0)
-            raise RuntimeError("llama-server did not become ready:\n" + log.read().decode(errors="replace")[-2000:])
-        time.sleep(0.2)
+    wait_ready(svc, log, port, "/health", 180, "llama-server")
+    return svc, port

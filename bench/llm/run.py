@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # also runnable as a plain script
-from bench.common import free_port  # noqa: E402
+from bench.common import free_port, wait_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -178,19 +178,7 @@ def main() -> int:
         llm = llama_cpp.Llama(gguf, n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads,
                               n_gpu_layers=args.gpu_layers, verbose=False)
         bias = eog_bias(llm)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or svc.poll() is not None:
-                log.seek(0)
-                sys.exit("service did not become ready:\n" + log.read().decode()[-2000:])
-            time.sleep(0.2)
+        wait_ready(svc, log, port, "/readyz", 120, "the ollama service")
         direct_run(llm, 8, bias, 0)  # warm-up, both sides
         service_run(port, 8, bias, 0)
         results: dict[str, list[dict[str, float]]] = {"direct": [], "service": [], "unconstrained": [],

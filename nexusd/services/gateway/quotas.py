@@ -186,9 +186,9 @@ class Quotas:
             tokens = live[1] if tokens is None else tokens
         out: dict[str, str] = {}
         if rpm:
-            _trio(out, _REQUESTS, rpm, rpm if share.connected else share.share(rpm), requests, wait)  # type: ignore[arg-type]
+            _trio(out, _REQUESTS, rpm, share.share(rpm), requests, wait)  # type: ignore[arg-type]
         if tpm:
-            _trio(out, _TOKENS, tpm, tpm if share.connected else share.share(tpm), tokens, wait)  # type: ignore[arg-type]
+            _trio(out, _TOKENS, tpm, share.share(tpm), tokens, wait)  # type: ignore[arg-type]
         return out
 
     def answer_headers(self, request: web.Request, key: ApiKey) -> dict[str, str]:

@@ -131,27 +131,20 @@ class QuotaShare:
             counts.roll(minute)
         return counts
 
-    # take_request and take_tokens are check() and add() fused, one clock read and one look-up
-    # each: they run for every request of a limited key (bench/gateway's gateway-limited).
+    # take_request and take_tokens check and count in one call each: they run for every request
+    # of a limited key (bench/gateway's gateway-limited).
     def take_request(self, key_id: str, rpm: int | None, most: int | None) -> tuple[float, str, float | None]:
         """Admit one request: (0, "", requests) and it is counted (+1 request in the minute, +1
         in flight; `requests`: the sliding minute's with it, None without an rpm); else (seconds
         to wait, "requests" or "concurrent": the limit that refused, None)."""
         now = self.clock()
-        minute = int(now // MINUTE)
-        own = self._own(key_id, minute)
-        others = self.others_sum.get(key_id) if self.connected else None
+        own = self._own(key_id, int(now // MINUTE))
         requests = None
         if rpm:
-            requests = own.requests[1] + own.requests[0] * (1.0 - (now - minute * MINUTE) / MINUTE)
-            if others is not None:
-                requests += others.estimate(now)[0]
-            allowed = rpm if self.connected else self.share(rpm)
-            if requests + 1 > allowed:
-                return self._wait(requests + 1 - allowed, rpm), "requests", None
-            requests += 1
-        if most and own.inflight + (others.inflight if others is not None else 0) + 1 > (
-                most if self.connected else self.share(most)):
+            requests = self.used(key_id, now)[0] + 1
+            if requests > self.share(rpm):
+                return self._wait(requests - self.share(rpm), rpm), "requests", None
+        if most and self.inflight(key_id) + 1 > self.share(most):
             return 1.0, "concurrent", None
         own.requests[1] += 1
         own.inflight += 1
@@ -162,26 +155,17 @@ class QuotaShare:
         """Reserve `reserve` tokens: (0, the sliding minute's tokens with them) and they are
         counted; else (the seconds to wait, the tokens without them)."""
         now = self.clock()
-        minute = int(now // MINUTE)
-        own = self._own(key_id, minute)
-        tokens = own.tokens[1] + own.tokens[0] * (1.0 - (now - minute * MINUTE) / MINUTE)
-        if self.connected:
-            others = self.others_sum.get(key_id)
-            if others is not None:
-                tokens += others.estimate(now)[1]
-        allowed = tpm if self.connected else self.share(tpm)
-        if tokens + reserve > allowed:
-            return self._wait(tokens + reserve - allowed, tpm), tokens
+        own = self._own(key_id, int(now // MINUTE))
+        tokens = self.used(key_id, now)[1]
+        if tokens + reserve > self.share(tpm):
+            return self._wait(tokens + reserve - self.share(tpm), tpm), tokens
         own.tokens[1] += reserve
         self._dirty.add(key_id)
         return 0.0, tokens + reserve
 
     def enter(self, key_id: str, delta: int = 1) -> None:
         """A request of this key starts (+1) or ends (-1) here."""
-        counts = self.own.get(key_id)
-        if counts is None:
-            counts = self.own[key_id] = Counts(int(self.clock() // MINUTE))
-        counts.inflight += delta
+        self._own(key_id, int(self.clock() // MINUTE)).inflight += delta
         self._dirty.add(key_id)
 
     def inflight(self, key_id: str) -> int:
@@ -194,9 +178,9 @@ class QuotaShare:
                 n += others.inflight
         return n
 
-    def used(self, key_id: str) -> tuple[float, float]:
+    def used(self, key_id: str, now: float | None = None) -> tuple[float, float]:
         """Global sliding-minute (requests, tokens); own only while etcd is unreachable."""
-        now = self.clock()
+        now = self.clock() if now is None else now
         own = self.own.get(key_id)
         requests, tokens = own.estimate(now) if own is not None else (0.0, 0.0)
         if self.connected:

@@ -94,18 +94,24 @@ def http(ns: str, url: str, body: str = "", key: str = "") -> tuple[int, str, st
     return tuple(json.loads(out.stdout))  # type: ignore[return-value]
 
 
+def start_etcd(stack: ExitStack, ns: str, ip: str, tmp_path: Path) -> str:
+    """A real etcd in namespace `ns`, healthy; its client URL."""
+    url = f"http://{ip}:2379"
+    spawn(stack, ns, [
+        etcd_binary(), "--name", "mh", "--data-dir", str(tmp_path / "etcd"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", f"http://{ip}:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
+        "--initial-cluster", f"mh=http://{ip}:2380", "--log-level", "error",
+    ], {**os.environ, "ETCD_UNSUPPORTED_ARCH": "amd64"}, tmp_path / "etcd.log")
+    wait_for(lambda: http(ns, url + "/health")[0] == 200, timeout=20, what="etcd up")
+    return url
+
+
 def test_services_etcd_and_gateway_on_three_hosts(tmp_path):
     key = make_keys(tmp_path / "keys", {"k": {}})["k"]
     with hosts(["svc", "etcd", "gw"]) as net, ExitStack() as stack:
         (svc_ns, svc_ip), (etcd_ns, etcd_ip), (gw_ns, gw_ip) = net["svc"], net["etcd"], net["gw"]
-        etcd_url = f"http://{etcd_ip}:2379"
-        spawn(stack, etcd_ns, [
-            etcd_binary(), "--name", "mh", "--data-dir", str(tmp_path / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://{etcd_ip}:2380", "--initial-advertise-peer-urls", f"http://{etcd_ip}:2380",
-            "--initial-cluster", f"mh=http://{etcd_ip}:2380", "--log-level", "error",
-        ], {**os.environ, "ETCD_UNSUPPORTED_ARCH": "amd64"}, tmp_path / "etcd.log")
-        wait_for(lambda: http(etcd_ns, etcd_url + "/health")[0] == 200, timeout=20, what="etcd up")
+        etcd_url = start_etcd(stack, etcd_ns, etcd_ip, tmp_path)
 
         svc_env = service_env("template", 9000, NEXUS_TEMPLATE_HOST=svc_ip, NEXUS_ETCD_ENDPOINTS=etcd_url)
         spawn(stack, svc_ns, [sys.executable, "-m", "nexusd.cli", "run", "template"], svc_env, tmp_path / "svc.log")

@@ -7,16 +7,14 @@ gateways (each gateway alone would have admitted three). Needs root and `ip`."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from contextlib import ExitStack
 
 from nexusd.services.gateway.quotas import estimate
-from tests.helpers.etcd import etcd_binary
 from tests.helpers.net import wait_for
 from tests.helpers.proc import service_env
 from tests.services.gateway.harness import make_keys
-from tests.services.gateway.test_multihost import hosts, http, pytestmark, spawn
+from tests.services.gateway.test_multihost import hosts, http, pytestmark, spawn, start_etcd
 
 __all__ = ["pytestmark"]
 TPM = 1000
@@ -28,14 +26,7 @@ def test_tpm_holds_across_gateways_on_two_hosts(tmp_path):
     key_id = keys["k"].split("-")[1]
     with hosts(["svc", "etcd", "gwa", "gwb"]) as net, ExitStack() as stack:
         (svc_ns, svc_ip), (etcd_ns, etcd_ip) = net["svc"], net["etcd"]
-        etcd_url = f"http://{etcd_ip}:2379"
-        spawn(stack, etcd_ns, [
-            etcd_binary(), "--name", "mh", "--data-dir", str(tmp_path / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://{etcd_ip}:2380", "--initial-advertise-peer-urls", f"http://{etcd_ip}:2380",
-            "--initial-cluster", f"mh=http://{etcd_ip}:2380", "--log-level", "error",
-        ], {**os.environ, "ETCD_UNSUPPORTED_ARCH": "amd64"}, tmp_path / "etcd.log")
-        wait_for(lambda: http(etcd_ns, etcd_url + "/health")[0] == 200, timeout=20, what="etcd up")
+        etcd_url = start_etcd(stack, etcd_ns, etcd_ip, tmp_path)
         svc_env = service_env("template", 9000, NEXUS_TEMPLATE_HOST=svc_ip, NEXUS_ETCD_ENDPOINTS=etcd_url)
         spawn(stack, svc_ns, [sys.executable, "-m", "nexusd.cli", "run", "template"], svc_env, tmp_path / "svc.log")
         gateways = []

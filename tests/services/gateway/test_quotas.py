@@ -52,6 +52,13 @@ async def call(http: aiohttp.ClientSession, gw, key: str, stream: bool = False) 
         return 200, usage[0]["total_tokens"], headers, {}
 
 
+def assert_trio(headers, unit: str, limit: int) -> None:
+    """OpenAI's x-ratelimit-{limit,remaining,reset}-<unit> on an answer: well formed."""
+    assert headers[f"x-ratelimit-limit-{unit}"] == str(limit), headers
+    assert int(headers[f"x-ratelimit-remaining-{unit}"]) >= 0
+    assert headers[f"x-ratelimit-reset-{unit}"].endswith("s")
+
+
 @contextlib.asynccontextmanager
 async def two_gateways(tmp_path, etcd, keys: dict, double: type[OpenAIDouble] = OpenAIDouble):
     plain = make_keys(tmp_path / "keys", keys)
@@ -84,9 +91,7 @@ async def test_tpm_holds_across_two_gateways_and_a_dead_ones_share_expires(tmp_p
         while len(tail) < 6 or any(s == 200 for s in tail[-6:]):
             gw = (a, b)[i % 2]
             status, tokens, headers, error = await call(http, gw, keys["limited"], stream=i % 3 == 2)
-            assert headers["x-ratelimit-limit-tokens"] == str(TPM), headers
-            assert int(headers["x-ratelimit-remaining-tokens"]) >= 0
-            assert headers["x-ratelimit-reset-tokens"].endswith("s")
+            assert_trio(headers, "tokens", TPM)
             if status == 200:
                 accepted += tokens
             else:
