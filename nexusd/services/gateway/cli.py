@@ -45,27 +45,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def _limit(text: str) -> int | None:
-    """A limit given to `update`: a number >= 1, or `none` to lift it."""
-    return None if text.strip().lower() == "none" else _positive(text)
-
-
-def _scope(values: list[str]) -> frozenset[str] | None:
-    """--ops/--models given to `update`: the new list, or `none` for unrestricted."""
-    return None if [v.strip().lower() for v in values] == ["none"] else _split(values)
-
-
-def _expiry(text: str) -> float | None:
-    return None if text.strip().lower() == "none" else parse_expiry(text)
-
-
-# The fields `update` may change: option dest → the ApiKey field and how its text is parsed.
-# (A new limit is one entry here plus its option in add_parser.)
-UPDATABLE: dict[str, tuple[str, Any]] = {
-    "rpm": ("rpm", None), "tpm": ("tpm", None), "max_concurrent": ("max_concurrent", None),
-    "ops": ("operations", _scope), "models": ("models", _scope), "expires": ("expires", _expiry),
-    "budget": ("budget", None),  # parsed by its option's type (_budget_or_none)
-}
+def _or_none(parse: Any) -> Any:
+    """For `update`: `none` lifts the limit or scope (None); anything else is parsed."""
+    def parse_or_none(text: Any) -> Any:
+        if (text if isinstance(text, str) else " ".join(text)).strip().lower() == "none":
+            return None
+        return parse(text)
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")  # argparse names it in errors
+    return parse_or_none
 
 
 def _budget(text: str) -> tuple[int, str]:
@@ -75,8 +62,13 @@ def _budget(text: str) -> tuple[int, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _budget_or_none(text: str) -> tuple[int, str] | None:
-    return None if text.strip().lower() == "none" else _budget(text)
+# The fields `update` may change: option dest → the ApiKey field and how its text is parsed
+# (None: by the option's own type). A new limit is one entry here plus its option in add_parser.
+UPDATABLE: dict[str, tuple[str, Any]] = {
+    "rpm": ("rpm", None), "tpm": ("tpm", None), "max_concurrent": ("max_concurrent", None),
+    "budget": ("budget", None), "ops": ("operations", _or_none(_split)),
+    "models": ("models", _or_none(_split)), "expires": ("expires", _or_none(parse_expiry)),
+}
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -195,13 +187,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("update", parents=[common], help="change a key's limits or scope (`none` lifts one)",
                        argument_default=argparse.SUPPRESS)
     p.add_argument("name", help="the key's name or id")
-    p.add_argument("--rpm", type=_limit, help="requests per minute over every gateway, or none")
-    p.add_argument("--tpm", type=_limit, help="tokens per minute over every gateway, or none")
-    p.add_argument("--max-concurrent", type=_limit, help="requests in flight over every gateway, or none")
+    p.add_argument("--rpm", type=_or_none(_positive), help="requests per minute over every gateway, or none")
+    p.add_argument("--tpm", type=_or_none(_positive), help="tokens per minute over every gateway, or none")
+    p.add_argument("--max-concurrent", type=_or_none(_positive), help="requests in flight over every gateway, or none")
     p.add_argument("--ops", nargs="+", help="allowed operation ids, or none (all)")
     p.add_argument("--models", nargs="+", help="allowed model ids or aliases, or none (all)")
     p.add_argument("--expires", help="ISO date/time (UTC), a duration such as 30d, or none")
-    p.add_argument("--budget", type=_budget_or_none, help="tokens per UTC day or month (N/day, N/month), or none")
+    p.add_argument("--budget", type=_or_none(_budget), help="tokens per UTC day or month (N/day, N/month), or none")
     p.set_defaults(func=_guard(cmd_update))
     p = sub.add_parser("list", parents=[common], help="list keys (never the secrets)")
     p.set_defaults(func=_guard(cmd_list))

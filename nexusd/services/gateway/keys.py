@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nexusd.services.gateway.budget import parse_budget
+from nexusd.services.gateway.budget import format_budget, parse_budget
 
 PREFIX = "nx"
 ID_HEX = 12
@@ -67,7 +67,7 @@ class ApiKey:
         if self.max_concurrent is not None:
             doc["max_concurrent"] = self.max_concurrent
         if self.budget is not None:
-            doc["budget"] = f"{self.budget[0]}/{self.budget[1]}"
+            doc["budget"] = format_budget(self.budget)
         if self.expires is not None:
             doc["expires"] = datetime.fromtimestamp(self.expires, UTC).isoformat()
         return doc

@@ -99,6 +99,8 @@ class Ledger:
         self.gateway_id, self.store, self.period, self.days, self.clock = gateway_id, store, period, days, clock
         self.own: dict[str, dict[str, Record]] = {}  # day → key id → {model: [requests, prompt, completion]}
         self.others: dict[str, dict[str, dict[str, Record]]] = {}  # day → key id → gateway → record
+        # (key id, first day, last day) → the others' tokens then: they change only at a sync
+        self._others_spent: dict[tuple[str, str, str], int] = {}
         self.loaded: set[str] = set()  # days whose stored own record is merged into `own`
         self.dirty: set[tuple[str, str]] = set()  # (day, key id) changed since the last write
         self.inflight: dict[str, int] = {}  # key id → tokens reserved by requests not settled yet
@@ -124,10 +126,12 @@ class Ledger:
         for day, keys in self.own.items():
             if first <= day <= last:
                 total += sum(c[1] + c[2] for c in keys.get(key_id, {}).values())
-        for day, gateways in self.others.items():
-            if first <= day <= last:
-                total += sum(c[1] + c[2] for rec in gateways.get(key_id, {}).values() for c in rec.values())
-        return total
+        others = self._others_spent.get((key_id, first, last))
+        if others is None:  # once per sync, not per request
+            others = self._others_spent[(key_id, first, last)] = sum(
+                c[1] + c[2] for day, gateways in self.others.items() if first <= day <= last
+                for rec in gateways.get(key_id, {}).values() for c in rec.values())
+        return total + others
 
     # --- the proxy's hooks -----------------------------------------------------------------
     def admit(self, request: web.Request, key: ApiKey, reserve: int) -> None:
@@ -196,6 +200,7 @@ class Ledger:
                     self.dirty.add((day, key_id))
             self.loaded |= set(self._days(lo, hi))
         self.others = others
+        self._others_spent.clear()
         self.reads += 1
         if month:
             self._month_read, self._month_at = today, now
