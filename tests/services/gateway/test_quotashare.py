@@ -15,6 +15,9 @@ from tests.helpers.net import async_wait_for
 
 TPM = 200
 RESERVE = 50  # tokens each request reserves (prompt estimate + max_tokens)
+# Mid-minute, frozen: on the wall clock a test that crossed a UTC minute saw its counts decay
+# (the sliding minute) and waited in vain for an exact sum.
+MID_MINUTE = 1_000_020.0
 
 
 def share(etcd, name: str, **kwargs) -> QuotaShare:
@@ -38,7 +41,7 @@ async def alternate(gws: list[QuotaShare], requests: int, sync_every: int) -> in
 
 
 async def test_global_sum_and_overshoot_bound(etcd):
-    clock = [1_000_020.0]
+    clock = [MID_MINUTE]
     a, b = (share(etcd, n, clock=lambda: clock[0]) for n in ("gw-a", "gw-b"))
     try:
         # Synced after every request: the limit holds exactly.
@@ -56,7 +59,7 @@ async def test_global_sum_and_overshoot_bound(etcd):
 
 
 async def test_one_write_per_key_and_period(etcd):
-    a = share(etcd, "gw-a")
+    a = share(etcd, "gw-a", clock=lambda: MID_MINUTE)
     try:
         for _ in range(100):
             a.add("k", requests=1, tokens=3)
@@ -69,7 +72,7 @@ async def test_one_write_per_key_and_period(etcd):
 
 
 async def test_killed_gateways_share_expires_with_its_lease(etcd):
-    a, b = share(etcd, "gw-a", ttl=2), share(etcd, "gw-b", ttl=2)
+    a, b = (share(etcd, n, ttl=2, clock=lambda: MID_MINUTE) for n in ("gw-a", "gw-b"))
     try:
         a.add("k", requests=1, tokens=150)
         await a.sync()
@@ -88,7 +91,7 @@ async def test_killed_gateways_share_expires_with_its_lease(etcd):
 
 
 async def test_etcd_away_admits_against_a_share_then_resyncs(etcd):
-    a, b = share(etcd, "gw-a", period=0.2, ttl=3), share(etcd, "gw-b", period=0.2, ttl=3)
+    a, b = (share(etcd, n, period=0.2, ttl=3, clock=lambda: MID_MINUTE) for n in ("gw-a", "gw-b"))
     try:
         a.add("k", requests=1, tokens=40)
         a.start()

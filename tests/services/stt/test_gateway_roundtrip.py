@@ -23,8 +23,8 @@ VTT_TIMING = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}$")
 async def test_digits_spoken_by_tts_are_transcribed_in_every_format(tmp_path, pocketsphinx, espeak):
     async with gateway_for(tmp_path, {"stt": pocketsphinx.url, "tts": espeak.url}) as (gw, key):
         client = client_for(gw.api, key)
-        # eSpeak NG through the tts service: alloy (its en-us+f3 voice), speed 0.8.
-        speech = await client.audio.speech.create(model="tts-1", voice="alloy", input=SPOKEN, speed=0.8,
+        # eSpeak NG through the tts service: coral (its en-us+f2 voice), speed 0.8.
+        speech = await client.audio.speech.create(model="tts-1", voice="coral", input=SPOKEN, speed=0.8,
                                                   response_format="wav")
         audio = ("digits.wav", speech.content)
 
@@ -33,10 +33,12 @@ async def test_digits_spoken_by_tts_are_transcribed_in_every_format(tmp_path, po
             timestamp_granularities=["segment", "word"])
         heard = verbose.text.split()
         recognized = [d for d in DIGITS if d in heard]
-        # eSpeak NG's audio for the same text varies from one synthesis to the next (state it
-        # keeps between calls); PocketSphinx hears 4-7 of the 10 digits in it (measured over 20
-        # syntheses). Noise or silence gives none.
-        assert len(recognized) >= 4, verbose.text
+        # eSpeak NG's audio for the same text varies from one synthesis to the next (wavegen.c
+        # keeps its flutter phase and more in statics, with no call to reset them), and how much
+        # of it PocketSphinx hears depends on the voice: over 60 syntheses, each after another
+        # voice's, coral at 0.8 gave 10 of 10 digits every time; alloy at 0.8 gave 0-7 (0 twice
+        # in 40, which failed CI with this bound). Noise or silence gives none.
+        assert len(recognized) >= 7, verbose.text
         assert verbose.language == "english" and verbose.duration > 2
         assert verbose.segments and verbose.words
         for seg in verbose.segments:
