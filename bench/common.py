@@ -42,3 +42,17 @@ def wait_ready(proc: subprocess.Popen, log: IO[bytes], port: int, path: str, tim
             log.seek(0)
             raise RuntimeError(f"{what} did not become ready:\n" + log.read().decode(errors="replace")[-2000:])
         time.sleep(0.2)
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM to all, then SIGKILL to whatever still runs after `grace` seconds (a service still
+    draining requests of an interrupted run, a gateway slowed down by valgrind)."""
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

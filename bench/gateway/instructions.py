@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # also runnable as a plain script
-from bench.common import free_port  # noqa: E402
+from bench.common import free_port, stop_processes  # noqa: E402
 from bench.gateway.run import REPO, WORKLOADS, one_request, wait_ok  # noqa: E402
 
 LIMITS = {"rpm": 10**9, "tpm": 10**12, "max_concurrent": 10**6}  # each too high to bite
@@ -116,10 +116,7 @@ def main() -> None:
               f"{statistics.median(ratios):.4f}x (median of {len(ratios)}; {min(ratios):.4f}-{max(ratios):.4f}; "
               "goal <= 1.05)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(60)
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # also runnable as a plain script
-from bench.common import cpu_seconds, free_port  # noqa: E402
+from bench.common import cpu_seconds, free_port, stop_processes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -248,10 +248,7 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import cpu_seconds, free_port, wait_ready
+from bench.common import cpu_seconds, free_port, stop_processes, wait_ready
 from bench.llm import llamaserver
 from bench.llm.run import PROMPT, REPO, direct_run, eog_bias
 
@@ -145,19 +145,6 @@ def batched_bench(exe: Path, gguf: str, threads: int, ctx: int, levels: list[int
     return {int(r[2]): float(r[7]) for r in rows}
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to all, then SIGKILL to whatever still drains requests after 15 s (an interrupted run)."""
-    for p in procs:
-        p.terminate()
-    deadline = time.monotonic() + 15
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -207,7 +194,7 @@ def main(args) -> int:
             except RuntimeError as exc:
                 print(f"llama-server (b): SKIPPED, {exc}")
     except BaseException:
-        stop([svc for (svc, _), _ in services.values()])
+        stop_processes([svc for (svc, _), _ in services.values()])
         raise
     results: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in [*services, "raw loop (c)"]}
     direct: list[float] = []
@@ -232,7 +219,7 @@ def main(args) -> int:
         rss = {name: peak_rss_mib(svc.pid) for name, ((svc, _), _) in services.items()}
     finally:
         raw.close()
-        stop([svc for (svc, _), _ in services.values()])
+        stop_processes([svc for (svc, _), _ in services.values()])
     bb_exe = llamaserver.binary("llama-batched-bench")
     ceiling = batched_bench(bb_exe, gguf, args.threads, args.ctx, levels, args.tokens, flash_attn) if bb_exe else {}
     print(f"end: {load()}")
