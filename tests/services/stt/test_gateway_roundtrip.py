@@ -35,7 +35,7 @@ async def test_digits_spoken_by_tts_are_transcribed_in_every_format(tmp_path, po
         recognized = [d for d in DIGITS if d in heard]
         # eSpeak NG's audio for the same text varies from one synthesis to the next (wavegen.c
         # keeps its flutter phase and more in statics, with no call to reset them), and how much
-        # of it PocketSphinx hears depends on the voice: over 60 syntheses, each after another
+        # of it PocketSphinx hears depends on the voice: over 100 syntheses, each after another
         # voice's, coral at 0.8 gave 10 of 10 digits every time; alloy at 0.8 gave 0-7 (0 twice
         # in 40, which failed CI with this bound). Noise or silence gives none.
         assert len(recognized) >= 7, verbose.text
